@@ -1,0 +1,1 @@
+"""The bundled GPU inference node (OpenAI-compatible serving, metering, settlement, telemetry)."""

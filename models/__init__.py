@@ -1,0 +1,1 @@
+"""Offline training and evaluation: nets, LightningModules, sklearn fits, artifact registry."""

@@ -1,0 +1,1 @@
+"""Measurements of detectors on labelled data (public benchmarks and scenarios)."""

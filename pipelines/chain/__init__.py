@@ -1,0 +1,1 @@
+"""Chain I/O: contracts, anvil, block follower, enforcement sender."""

@@ -1,0 +1,148 @@
+"""`vigil` command line: the embedded stack, the worker, the follower and tools."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from pipelines.settings import ConfigError, Settings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Vigil: streaming security monitor for decentralized AI inference.",
+)
+console = Console(stderr=True)
+out = Console()
+log = logging.getLogger("vigil")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return Settings.load(config)
+    except (ConfigError, ValueError) as e:
+        console.print(f"[red]invalid settings:[/] {e}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(help="State directory.")] = Path(".vigil"),
+    duration: Annotated[
+        float | None, typer.Option(help="Run this many seconds, then stop.")
+    ] = None,
+    summary_json: Annotated[Path | None, typer.Option(help="Write the run summary here.")] = None,
+    traffic: Annotated[str, typer.Option(help="demo | none")] = "demo",
+    seed: int = 1,
+    log_level: str = "warning",
+) -> None:
+    """Start the embedded stack (broker, anvil, ClickHouse, worker, follower)."""
+    from pipelines.stack import StackError, StackOptions, run_up
+
+    _logging(log_level)
+    try:
+        summary = run_up(
+            StackOptions(data_dir=data_dir, traffic=traffic, seed=seed),
+            duration,
+            summary_json,
+            console,
+        )
+    except StackError as e:
+        console.print(f"[red]stack failed:[/] {e}")
+        raise typer.Exit(1) from None
+    _print_summary(summary)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="State directory.")] = Path(".vigil"),
+    duration: float = 95.0,
+) -> None:
+    """The main job: embedded stack + demo traffic until the bot is caught, then a summary."""
+    up(
+        data_dir=data_dir,
+        duration=duration,
+        summary_json=data_dir / "summary.json",
+        traffic="demo",
+        seed=1,
+        log_level="warning",
+    )
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    if not s:
+        return
+    t = Table(title="Vigil run summary", show_header=False)
+    t.add_row("transactions ingested", str(s["transactions_ingested"]))
+    t.add_row("transactions scored", str(s["transactions_scored"]))
+    t.add_row("alerts", ", ".join(f"{k}: {v}" for k, v in s["alerts"].items()) or "none")
+    t.add_row("dead letters", str(s.get("dead_letters", 0)))
+    for label, m in s.get("detection", {}).items():
+        t.add_row(f"detection {label}", f"precision {m['precision']:.2f}, recall {m['recall']:.2f}")
+    out.print(t)
+    for a in s["actions"]:
+        out.print(
+            f"[bold green]{a['kind']}[/] {a['target']}  tx {a['tx_hash']}  "
+            f"evidence {a['evidence_hash']} ({a['status']})"
+        )
+    if not s["actions"]:
+        out.print("[yellow]no enforcement action was taken[/]")
+
+
+@app.command()
+def worker(config: ConfigOpt = None, log_level: str = "info") -> None:
+    """Run one Faust worker (settings from VIGIL_* / --config)."""
+    from pipelines.app import run_worker
+
+    settings = _settings(config)
+    sys.argv = [sys.argv[0]]  # Faust's Worker parses argv itself
+    run_worker(settings, loglevel=log_level)
+
+
+@app.command()
+def follow(config: ConfigOpt = None, log_level: str = "info") -> None:
+    """Follow the chain and publish transactions to Kafka until stopped."""
+    from pipelines.chain.follower import RpcUnavailable, run_follower
+
+    _logging(log_level)
+    settings = _settings(config)
+    try:
+        stats = asyncio.run(run_follower(settings))
+    except RpcUnavailable as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    console.print(json.dumps(stats))
+
+
+@app.command()
+def settings(config: ConfigOpt = None) -> None:
+    """Print the effective settings (secrets masked)."""
+    s = _settings(config)
+    out.print_json(s.model_dump_json())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

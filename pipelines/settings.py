@@ -1,0 +1,147 @@
+"""One validated `Settings` object, built at startup and passed down explicitly.
+
+Sources, highest priority first: keyword arguments, `VIGIL_*` environment variables,
+an optional TOML file (`vigil --config vigil.toml ...`), then the defaults below.
+Every endpoint is a setting; the embedded stack fills them in for the demo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+# anvil's well-known development accounts (public test mnemonic). Accepted only
+# when `embedded` is true: a default secret must never protect real funds.
+ANVIL_DEV_KEYS: tuple[str, ...] = (
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+    "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
+    "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
+    "0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356",
+    "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
+    "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
+)
+
+
+class ConfigError(ValueError):
+    """Settings are invalid; the message says which and how to fix it."""
+
+
+class Settings(BaseSettings):
+    """All of Vigil's configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="forbid", frozen=True)
+
+    # --- deployment mode -------------------------------------------------------
+    embedded: bool = Field(
+        False, description="True only for the local demo stack; allows well-known dev keys."
+    )
+    data_dir: Path = Field(Path(".vigil"), description="State: checkpoints, models, chdb data.")
+
+    # --- endpoints -------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap host:port list.")
+    rpc_url: str = Field("http://127.0.0.1:8545", description="EVM JSON-RPC endpoint.")
+    clickhouse_url: str = Field("http://127.0.0.1:8123", description="ClickHouse HTTP endpoint.")
+    clickhouse_user: str = "default"
+    clickhouse_password: SecretStr = SecretStr("")
+    clickhouse_database: str = "vigil"
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+
+    # --- contracts and keys ----------------------------------------------------
+    node_registry_address: str | None = None
+    monitor_private_key: SecretStr | None = Field(
+        None, description="Key holding the registry's monitor role (or use a keystore)."
+    )
+    monitor_keystore_path: Path | None = None
+    monitor_keystore_password: SecretStr | None = None
+
+    # --- chain follower --------------------------------------------------------
+    confirmations: int = Field(1, ge=0, description="Blocks behind head before publishing.")
+    poll_interval_s: float = Field(0.5, gt=0)
+    start_block: int | None = Field(None, ge=0, description="First block when no checkpoint.")
+
+    # --- Kafka / Faust ---------------------------------------------------------
+    app_id: str = "vigil"
+    topic_partitions: int = Field(1, ge=1)
+    worker_web_port: int = Field(6066, ge=0, le=65535)
+    batch_size: int = Field(1000, ge=1, description="Events per processing batch.")
+    batch_within_s: float = Field(0.5, gt=0, description="Longest wait to fill a batch.")
+
+    # --- detection -------------------------------------------------------------
+    window_s: float = Field(30.0, gt=0, description="Per-sender feature window (seconds).")
+    warmup_rows: int = Field(300, ge=20, description="Feature rows used to fit the forest.")
+    threshold_quantile: float = Field(
+        0.999, gt=0.5, lt=1.0, description="Warm-up score quantile that calibrates alerts."
+    )
+    min_window_txs: int = Field(5, ge=1, description="No alert from fewer txs in a window.")
+    min_consecutive: int = Field(5, ge=1, description="Anomalous events in a row before alerting.")
+    seed: int = 7
+
+    # --- enforcement -----------------------------------------------------------
+    throttle_level: int = Field(2, ge=1, le=255)
+    throttle_blocks: int = Field(300, ge=1, description="Throttle duration in blocks.")
+    dry_run: bool = False
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _strip_scheme(cls, v: str) -> str:
+        return v.removeprefix("kafka://")
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        key = self.monitor_private_key
+        if key is not None and not self.embedded:
+            k = key.get_secret_value().lower()
+            k = k if k.startswith("0x") else "0x" + k
+            if k in ANVIL_DEV_KEYS:
+                raise ConfigError(
+                    "monitor_private_key is a well-known anvil development key; it is only "
+                    "accepted by the embedded demo stack. Set VIGIL_MONITOR_PRIVATE_KEY or "
+                    "VIGIL_MONITOR_KEYSTORE_PATH to a key of your own."
+                )
+        return self
+
+    @property
+    def kafka_url(self) -> str:
+        """The broker list in Faust's URL form."""
+        return ";".join(f"kafka://{h}" for h in self.kafka_bootstrap.split(","))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = settings_cls.model_config.get("toml_file")
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config: Path | None = None, **overrides: Any) -> Settings:
+        """Build settings from an optional TOML file, the environment and overrides."""
+        if config is None:
+            return cls(**overrides)
+        if not config.is_file():
+            raise ConfigError(f"config file {config} not found")
+
+        class _FromFile(cls):  # type: ignore[valid-type,misc]
+            model_config = SettingsConfigDict(**{**cls.model_config, "toml_file": config})
+
+        return _FromFile(**overrides)

@@ -1,0 +1,1 @@
+"""ClickHouse storage: embedded chdb HTTP server, schema migrations, writers."""

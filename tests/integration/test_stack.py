@@ -1,0 +1,211 @@
+"""The thin real path, end to end, exactly as a user runs it: `vigil up`.
+
+One `vigil up --duration ... --summary-json ...` process runs the embedded stack
+(Tansu broker, anvil, contracts, chdb over HTTP, Faust worker, follower, demo
+traffic). While it runs, the tests talk to its parts through the addresses in
+`stack.json`, like any client would; afterwards they read the summary and check
+that no child process outlived it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from web3 import Web3
+
+from pipelines.chain.contracts import compile_project
+
+pytestmark = pytest.mark.integration
+
+DURATION_S = 95
+
+
+@dataclass
+class Run:
+    proc: subprocess.Popen[bytes]
+    data_dir: Path
+    summary_path: Path
+    manifest: dict[str, Any]
+    log_path: Path
+
+    def clickhouse(self) -> Any:
+        url = self.manifest["clickhouse_url"].removeprefix("http://")
+        host, port = url.split(":")
+        return clickhouse_connect.get_client(host=host, port=int(port), database="vigil")
+
+    def finish(self, timeout: float = DURATION_S + 120) -> dict[str, Any]:
+        self.proc.wait(timeout=timeout)
+        out = self.log_path.read_text(errors="replace")
+        assert self.proc.returncode == 0, out[-4000:]
+        return json.loads(self.summary_path.read_text())
+
+
+def _wait_for(fn: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            last = fn()
+            if last:
+                return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    d = tmp_path_factory.mktemp("stack")
+    log_path = d / "vigil-up.log"
+    summary = d / "summary.json"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "up",
+                "--data-dir",
+                str(d / "data"),
+                "--duration",
+                str(DURATION_S),
+                "--summary-json",
+                str(summary),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+    try:
+        manifest_path = d / "data" / "stack.json"
+        _wait_for(lambda: manifest_path.exists() or proc.poll() is not None, 240, "stack.json")
+        if proc.poll() is not None:
+            pytest.fail(f"vigil up exited early:\n{log_path.read_text()[-4000:]}")
+        manifest = json.loads(manifest_path.read_text())
+        yield Run(proc, d / "data", summary, manifest, log_path)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+def test_manifest_names_every_endpoint(run: Run) -> None:
+    for key in ("kafka_bootstrap", "rpc_url", "clickhouse_url", "contracts", "nodes"):
+        assert key in run.manifest
+    assert Web3.is_checksum_address(run.manifest["contracts"]["NodeRegistry"])
+
+
+def test_malformed_message_goes_to_dlq_and_pipeline_keeps_going(run: Run) -> None:
+    bootstrap = run.manifest["kafka_bootstrap"]
+    bad = [b"{not json", b'{"schema_version": 99, "txs": []}', b"\x00\xff garbage"]
+
+    async def produce() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await p.start()
+        try:
+            for b in bad:
+                await p.send_and_wait("chain.tx.v1", key=b"bad", value=b)
+        finally:
+            await p.stop()
+
+    asyncio.run(produce())
+    ch = run.clickhouse()
+    rows = _wait_for(
+        lambda: (
+            ch.query("SELECT reason, raw FROM dlq FINAL WHERE topic = 'chain.tx.v1'").result_rows
+            if len(ch.query("SELECT 1 FROM dlq").result_rows) >= 3
+            else None
+        ),
+        60,
+        "3 dead letters in ClickHouse",
+    )
+    reasons = sorted(r[0] for r in rows)
+    assert any("not valid JSON" in r for r in reasons)
+    assert any("unknown schema_version 99" in r for r in reasons)
+
+    async def read_dlq() -> list[bytes]:
+        c = AIOKafkaConsumer(
+            "chain.tx.v1.dlq",
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await c.start()
+        try:
+            got = await c.getmany(timeout_ms=5000)
+            return [m.value for msgs in got.values() for m in msgs]
+        finally:
+            await c.stop()
+
+    dead = [json.loads(v) for v in asyncio.run(read_dlq())]
+    assert {d["raw"].encode("latin-1") for d in dead} >= set(bad)
+    assert all(d["reason"] for d in dead)
+    # the worker keeps going: new transactions are still ingested after the bad ones
+    before = ch.query("SELECT count() FROM transactions").result_rows[0][0]
+    _wait_for(
+        lambda: ch.query("SELECT count() FROM transactions").result_rows[0][0] > before,
+        30,
+        "more transactions after the malformed ones",
+    )
+
+
+def test_bot_is_alerted_and_throttled_on_chain(run: Run) -> None:
+    ch = run.clickhouse()
+    labels = json.loads((run.data_dir / "traffic" / "labels.json").read_text())
+    bot = next(a for a, lab in labels.items() if lab == "hf_bot")
+    action = _wait_for(
+        lambda: (
+            ch.query(
+                "SELECT target, tx_hash, evidence_hash FROM actions FINAL WHERE kind = 'throttle'"
+            ).result_rows
+        ),
+        DURATION_S + 30,
+        "a throttle action in ClickHouse",
+    )
+    target, tx_hash, evidence = action[0]
+    assert target == bot
+    w3 = Web3(Web3.HTTPProvider(run.manifest["rpc_url"]))
+    receipt = w3.eth.get_transaction_receipt(tx_hash)
+    assert receipt["status"] == 1
+    registry = w3.eth.contract(
+        address=run.manifest["contracts"]["NodeRegistry"], abi=compile_project()["NodeRegistry"].abi
+    )
+    events = registry.events.Throttled().process_receipt(receipt)
+    assert events[0]["args"]["account"].lower() == bot
+    assert "0x" + events[0]["args"]["evidenceHash"].hex().removeprefix("0x") == evidence
+    level, _until = registry.functions.throttleOf(Web3.to_checksum_address(bot)).call()
+    assert level > 0
+    # the evidence behind the action is stored and hashes to what went on chain
+    (doc,) = ch.query(
+        "SELECT doc FROM evidence FINAL WHERE evidence_hash = {h:String}",
+        parameters={"h": evidence},
+    ).result_rows[0]
+    assert Web3.keccak(text=doc).to_0x_hex() == evidence
+    assert json.loads(doc)["entity"] == bot
+
+
+def test_summary_and_clean_shutdown(run: Run) -> None:
+    summary = run.finish()
+    assert summary["transactions_ingested"] > 0
+    assert summary["transactions_scored"] > 0
+    assert summary["alerts"].get("bot", 0) >= 1
+    throttles = [a for a in summary["actions"] if a["kind"] == "throttle"]
+    assert len(throttles) == 1 and throttles[0]["tx_hash"].startswith("0x")
+    assert summary["detection"]["hf_bot"]["recall"] == 1.0
+    assert summary["detection"]["hf_bot"]["precision"] >= 0.5
+    for name, pid in run.manifest["pids"].items():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+            pytest.fail(f"{name} (pid {pid}) still running after vigil up returned")
