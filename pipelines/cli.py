@@ -133,6 +133,18 @@ def follow(config: ConfigOpt = None, log_level: str = "info") -> None:
     console.print(json.dumps(stats))
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+    help="The bundled inference node: `vigil node serve|register|gateway|load ...` "
+    "(settings from VIGIL_NODE_* / VIGIL_GATEWAY_*; see `vigil node --help`).",
+)
+def node(ctx: typer.Context) -> None:
+    from inference_node.__main__ import main as node_main
+
+    raise typer.Exit(node_main(list(ctx.args)))
+
+
 @app.command()
 def settings(config: ConfigOpt = None) -> None:
     """Print the effective settings (secrets masked)."""
