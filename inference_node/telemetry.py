@@ -1,5 +1,8 @@
 """Telemetry to Kafka `node.telemetry.v1`, through a bounded buffer that rides out outages.
 
+The buffer and sink carry any `Record` (the gateway sends spot-check verdicts
+to `node.challenges.v1` through the same machinery).
+
 Records go into an in-memory buffer and a single sender task moves them to
 Kafka; a record leaves the buffer only once the broker acknowledged it, so a
 broker hiccup loses nothing while the buffer has room (delivery is at least
@@ -47,10 +50,19 @@ class TelemetryRecord:
         return json.dumps(d, separators=(",", ":")).encode()
 
 
+class Record(Protocol):
+    """What the buffer and the Kafka sink need of a message (telemetry, spot-check verdicts)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    def to_json(self) -> bytes: ...
+
+
 class TelemetrySink(Protocol):
     """Where buffered records go; raises on any failure to deliver the whole batch."""
 
-    async def send(self, records: list[TelemetryRecord]) -> None: ...
+    async def send(self, records: list[Record]) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -86,7 +98,7 @@ class KafkaSink:
             self._producer = producer
         return self._producer
 
-    async def send(self, records: list[TelemetryRecord]) -> None:
+    async def send(self, records: list[Record]) -> None:
         try:
             producer = await self._ensure()
             futures = [
@@ -124,7 +136,7 @@ class TelemetryBuffer:
         self.max_batch = max_batch
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
-        self._buf: deque[TelemetryRecord] = deque()
+        self._buf: deque[Record] = deque()
         self._inflight = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -136,7 +148,7 @@ class TelemetryBuffer:
     def __len__(self) -> int:
         return len(self._buf) + self._inflight
 
-    def emit(self, record: TelemetryRecord) -> None:
+    def emit(self, record: Record) -> None:
         """Queue one record; never blocks. Drops (and counts) the oldest when full."""
         self._buf.append(record)
         self._trim()
@@ -181,7 +193,7 @@ class TelemetryBuffer:
             self.sent += len(batch)
             delay = self.retry_initial_s
 
-    def _requeue(self, batch: list[TelemetryRecord]) -> None:
+    def _requeue(self, batch: list[Record]) -> None:
         self._inflight = 0
         self._buf.extendleft(reversed(batch))
         self._trim()

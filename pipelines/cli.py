@@ -146,6 +146,15 @@ def node(ctx: typer.Context) -> None:
 
 
 @app.command()
+def api(config: ConfigOpt = None, log_level: str = "info") -> None:
+    """Serve the reputation / SOC API (FastAPI, OpenAPI docs at /docs)."""
+    from pipelines.api import serve_api
+
+    _logging(log_level)
+    serve_api(_settings(config))
+
+
+@app.command()
 def settings(config: ConfigOpt = None) -> None:
     """Print the effective settings (secrets masked)."""
     s = _settings(config)

@@ -24,6 +24,11 @@ TOPIC_TELEMETRY = "node.telemetry.v1"
 TOPIC_SCORES = "scores.v1"
 TOPIC_ALERTS = "alerts.v1"
 TOPIC_ACTIONS = "actions.v1"
+#: Slash proposals and HIGH/CRITICAL incidents for protocol governance (and webhooks).
+TOPIC_GOVERNANCE_ALERTS = "governance.alerts.v1"
+#: Retractions: the transactions of blocks a reorg orphaned (one message per sender shard,
+#: keyed like `chain.tx.v1` so the same worker holds the senders' state).
+TOPIC_CHAIN_REORG = "chain.reorg.v1"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_TXS_PER_BATCH = 50_000
 
@@ -43,8 +48,22 @@ class InvalidMessage(ValueError):
 # --------------------------------------------------------------------------- wire
 
 
+class EventRecord(faust.Record, serializer="json", namespace="vigil.event.v1"):
+    """One log of a transaction; `name`/`args` are set when the follower could decode it."""
+
+    log_index: int
+    address: str
+    topic0: str  # "" for anonymous logs
+    name: str = ""  # e.g. "ERC20.Transfer", "SimPair.Swap"; "" when unknown
+    args: dict[str, str] = {}  # decoded arguments as strings (ints in decimal, bytes in hex)
+
+
 class TxRecord(faust.Record, serializer="json", namespace="vigil.tx.v1"):
-    """One transaction with its receipt outcome, as the follower saw it."""
+    """One transaction with its receipt outcome, as the follower saw it.
+
+    The fields after `tx_index` were added later, with defaults, so older messages
+    still decode (to zero / empty values).
+    """
 
     tx_hash: str
     sender: str
@@ -56,6 +75,12 @@ class TxRecord(faust.Record, serializer="json", namespace="vigil.tx.v1"):
     selector: str
     status: int
     tx_index: int
+    gas_used: int = 0  # receipt
+    effective_gas_price_wei: int = 0  # receipt: what was actually paid per gas
+    contract_address: str = ""  # receipt: the contract a creation deployed
+    method: str = ""  # decoded call, e.g. "ERC20.transfer"; "" when unknown
+    call_args: dict[str, str] = {}
+    events: list[EventRecord] = []
 
 
 class TxBatchRecord(faust.Record, serializer="json", namespace="vigil.txbatch.v1"):
@@ -75,6 +100,45 @@ class TxBatchRecord(faust.Record, serializer="json", namespace="vigil.txbatch.v1
     confirmed: bool
     shard: int
     txs: list[TxRecord]
+    #: ClickHouse row version the follower assigns (`pipelines.chain.reorg.row_version`):
+    #: grows with confirmation and with every reorg, so replays and retractions resolve
+    #: by version, whatever order they arrive in. 0 from producers that predate it.
+    version: int = 0
+
+
+class OrphanedBlockRecord(faust.Record, serializer="json", namespace="vigil.orphan.v1"):
+    """One block a reorg removed from the canonical chain, with one shard's transactions."""
+
+    block_number: int
+    block_hash: str
+    parent_hash: str
+    block_time: float
+    confirmed: bool  # whether it had been published as confirmed (a reorg deeper than
+    # the confirmation depth) or only on the fast lane
+    txs: list[TxRecord]
+
+
+class ReorgRecord(faust.Record, serializer="json", namespace="vigil.reorg.v1"):
+    """`chain.reorg.v1` value: retract the orphaned transactions of one sender shard.
+
+    Published (and acknowledged) before any block of the new canonical branch, keyed
+    by shard like `chain.tx.v1`. Consumers write `version` rows with `is_deleted = 1`
+    for every tx (`pipelines.chain.reorg.retraction_rows`), drop the txs from the
+    senders' windows, and stop actions whose evidence is only these txs. A tx that the
+    new branch includes again arrives on `chain.tx.v1` with a higher version.
+    """
+
+    schema_version: int
+    chain_id: int
+    epoch: int  # reorgs the follower has processed, this one included
+    version: int  # row version of the retraction rows
+    ancestor_number: int  # newest block both branches share
+    ancestor_hash: str
+    old_tip_number: int  # newest block published on the orphaned branch
+    new_head_number: int
+    detected_at: float
+    shard: int
+    blocks: list[OrphanedBlockRecord]
 
 
 class ScoreRecord(faust.Record, serializer="json", namespace="vigil.score.v1"):
@@ -132,6 +196,30 @@ class TelemetryRecord(faust.Record, serializer="json", namespace="vigil.telemetr
     device: str
     gpu_util: float
     gpu_mem_mb: float
+
+
+class GovernanceAlertRecord(faust.Record, serializer="json", namespace="vigil.govalert.v1"):
+    """`governance.alerts.v1`: what governance must look at (also the webhook body).
+
+    `kind` is "slash_proposal" or "incident"; `alert_id` is stable per event so that
+    receivers can drop redeliveries; `evidence_hash` resolves at the reputation API's
+    `/v1/evidence/{hash}`.
+    """
+
+    schema_version: int
+    alert_id: str
+    kind: str
+    entity: str
+    severity: str
+    category: str
+    summary: str
+    evidence_hash: str
+    created_at: float
+    incident_id: str = ""
+    tx_hash: str = ""
+    proposal_id: int = -1  # -1: not a slash proposal
+    amount_wei: str = ""  # decimal string (wei overflows JSON doubles)
+    challenge_end_block: int = 0
 
 
 class DeadLetter(faust.Record, serializer="json", namespace="vigil.dlq.v1"):
@@ -222,10 +310,68 @@ def _decode_tx(d: Any, block_number: int, block_time: float) -> Tx:
     )
 
 
-class TxBatch:
-    """A decoded `chain.tx.v1` message (domain view)."""
+class TxEvent:
+    """A decoded log (domain view of `EventRecord`)."""
 
-    __slots__ = ("block_number", "block_hash", "block_time", "confirmed", "txs", "tx_index")
+    __slots__ = ("log_index", "address", "topic0", "name", "args")
+
+    def __init__(
+        self, log_index: int, address: str, topic0: str, name: str, args: dict[str, str]
+    ) -> None:
+        self.log_index = log_index
+        self.address = address
+        self.topic0 = topic0
+        self.name = name
+        self.args = args
+
+
+class TxDetail:
+    """Receipt and decoding extras of one transaction (zero/empty when not sent)."""
+
+    __slots__ = (
+        "gas_used",
+        "effective_gas_price_wei",
+        "contract_address",
+        "method",
+        "call_args",
+        "events",
+    )
+
+    def __init__(
+        self,
+        gas_used: int = 0,
+        effective_gas_price_wei: int = 0,
+        contract_address: str = "",
+        method: str = "",
+        call_args: dict[str, str] | None = None,
+        events: list[TxEvent] | None = None,
+    ) -> None:
+        self.gas_used = gas_used
+        self.effective_gas_price_wei = effective_gas_price_wei
+        self.contract_address = contract_address
+        self.method = method
+        self.call_args = call_args or {}
+        self.events = events or []
+
+
+class TxBatch:
+    """A decoded `chain.tx.v1` message (domain view).
+
+    `version` is the follower-assigned row version (0 when the producer sent none);
+    `details[i]` holds receipt extras and decoded call/events of `txs[i]`.
+    """
+
+    __slots__ = (
+        "block_number",
+        "block_hash",
+        "block_time",
+        "confirmed",
+        "txs",
+        "tx_index",
+        "version",
+        "details",
+        "parent_hash",
+    )
 
     def __init__(
         self,
@@ -235,6 +381,9 @@ class TxBatch:
         confirmed: bool,
         txs: list[Tx],
         tx_index: list[int],
+        version: int = 0,
+        details: list[TxDetail] | None = None,
+        parent_hash: str = "",
     ) -> None:
         self.block_number = block_number
         self.block_hash = block_hash
@@ -242,6 +391,103 @@ class TxBatch:
         self.confirmed = confirmed
         self.txs = txs
         self.tx_index = tx_index
+        self.version = version
+        self.details = details if details is not None else [TxDetail() for _ in txs]
+        self.parent_hash = parent_hash
+
+
+_MAX_ARGS = 64
+_MAX_EVENTS = 1024
+_MAX_TEXT = 4096
+
+
+def _str_map(d: dict[str, Any], key: str) -> dict[str, str]:
+    if key not in d:
+        return {}
+    v = d[key]
+    if not isinstance(v, dict) or len(v) > _MAX_ARGS:
+        raise InvalidMessage(f"field {key!r} must be an object of at most {_MAX_ARGS} strings")
+    for k, x in v.items():
+        if not isinstance(x, str) or len(x) > _MAX_TEXT or len(k) > 128:
+            raise InvalidMessage(f"field {key!r} must map names to strings")
+    return dict(v)
+
+
+def _opt_str(d: dict[str, Any], key: str, limit: int = 256) -> str:
+    if key not in d:
+        return ""
+    v = d[key]
+    if not isinstance(v, str) or len(v) > limit:
+        raise InvalidMessage(f"field {key!r} must be a string of at most {limit} chars")
+    return v
+
+
+def _opt_nonneg(d: dict[str, Any], key: str) -> int:
+    return _nonneg(d, key) if key in d else 0
+
+
+def _decode_event(e: Any) -> TxEvent:
+    if not isinstance(e, dict):
+        raise InvalidMessage("each event must be a JSON object")
+    address = _match(e, "address", _ADDRESS, "an address")
+    topic0 = _require(e, "topic0", str)
+    if topic0 and not _HASH.match(topic0):
+        raise InvalidMessage(f"field 'topic0' is not a 32-byte hex hash: {topic0[:80]!r}")
+    return TxEvent(
+        log_index=_nonneg(e, "log_index"),
+        address=address,
+        topic0=topic0.lower(),
+        name=_opt_str(e, "name"),
+        args=_str_map(e, "args"),
+    )
+
+
+def _decode_detail(d: dict[str, Any]) -> TxDetail:
+    contract = _opt_str(d, "contract_address")
+    if contract and not _ADDRESS.match(contract):
+        raise InvalidMessage(f"field 'contract_address' is not an address: {contract[:80]!r}")
+    events_raw = d.get("events", [])
+    if not isinstance(events_raw, list) or len(events_raw) > _MAX_EVENTS:
+        raise InvalidMessage(f"field 'events' must be a list of at most {_MAX_EVENTS} events")
+    return TxDetail(
+        gas_used=_opt_nonneg(d, "gas_used"),
+        effective_gas_price_wei=_opt_nonneg(d, "effective_gas_price_wei"),
+        contract_address=contract.lower(),
+        method=_opt_str(d, "method"),
+        call_args=_str_map(d, "call_args"),
+        events=[_decode_event(e) for e in events_raw],
+    )
+
+
+def _decode_block(d: dict[str, Any]) -> TxBatch:
+    """The block part shared by `chain.tx.v1` and the orphaned blocks of `chain.reorg.v1`."""
+    block_number = _nonneg(d, "block_number")
+    block_time = _require(d, "block_time", (int, float))
+    if not 0 <= block_time < 2**40:
+        raise InvalidMessage(f"field 'block_time' out of range: {block_time}")
+    confirmed = _require(d, "confirmed", bool)
+    block_hash = _match(d, "block_hash", _HASH, "a 32-byte hex hash")
+    parent_hash = ""
+    if "parent_hash" in d:
+        parent_hash = _match(d, "parent_hash", _HASH, "a 32-byte hex hash")
+    txs_raw = _require(d, "txs", list)
+    if len(txs_raw) > MAX_TXS_PER_BATCH:
+        raise InvalidMessage(f"too many txs in one message: {len(txs_raw)}")
+    txs = [_decode_tx(t, block_number, float(block_time)) for t in txs_raw]
+    index = [
+        int(t.get("tx_index", 0)) if isinstance(t.get("tx_index", 0), int) else 0 for t in txs_raw
+    ]
+    details = [_decode_detail(t) for t in txs_raw]
+    return TxBatch(
+        block_number,
+        block_hash,
+        float(block_time),
+        confirmed,
+        txs,
+        index,
+        details=details,
+        parent_hash=parent_hash,
+    )
 
 
 def decode_tx_batch(raw: bytes | None) -> TxBatch:
@@ -252,23 +498,127 @@ def decode_tx_batch(raw: bytes | None) -> TxBatch:
     version = _require(d, "schema_version", int)
     if version != SCHEMA_VERSION:
         raise InvalidMessage(f"unknown schema_version {version} (expected {SCHEMA_VERSION})")
-    block_number = _nonneg(d, "block_number")
-    block_time = _require(d, "block_time", (int, float))
-    if not 0 <= block_time < 2**40:
-        raise InvalidMessage(f"field 'block_time' out of range: {block_time}")
-    confirmed = _require(d, "confirmed", bool)
-    block_hash = _match(d, "block_hash", _HASH, "a 32-byte hex hash")
-    txs_raw = _require(d, "txs", list)
-    if len(txs_raw) > MAX_TXS_PER_BATCH:
-        raise InvalidMessage(f"too many txs in one message: {len(txs_raw)}")
-    txs = [_decode_tx(t, block_number, float(block_time)) for t in txs_raw]
-    index = [
-        int(t.get("tx_index", 0)) if isinstance(t.get("tx_index", 0), int) else 0 for t in txs_raw
-    ]
-    return TxBatch(block_number, block_hash, float(block_time), confirmed, txs, index)
+    batch = _decode_block(d)
+    batch.version = _opt_nonneg(d, "version")
+    return batch
 
 
-def encode_tx(tx: Tx, tx_index: int) -> TxRecord:
+def decode_stored_block(raw: bytes) -> TxBatch:
+    """Decode a whole block the follower stored itself (trusted local state, so no
+    message size limit; still strictly validated)."""
+    try:
+        d = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidMessage(f"not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise InvalidMessage(f"expected a JSON object, got {type(d).__name__}")
+    return _decode_block(d)
+
+
+class Reorg:
+    """A decoded `chain.reorg.v1` message: one shard's orphaned blocks and their txs."""
+
+    __slots__ = (
+        "chain_id",
+        "epoch",
+        "version",
+        "ancestor_number",
+        "ancestor_hash",
+        "old_tip_number",
+        "new_head_number",
+        "detected_at",
+        "shard",
+        "blocks",
+    )
+
+    def __init__(
+        self,
+        chain_id: int,
+        epoch: int,
+        version: int,
+        ancestor_number: int,
+        ancestor_hash: str,
+        old_tip_number: int,
+        new_head_number: int,
+        detected_at: float,
+        shard: int,
+        blocks: list[TxBatch],
+    ) -> None:
+        self.chain_id = chain_id
+        self.epoch = epoch
+        self.version = version
+        self.ancestor_number = ancestor_number
+        self.ancestor_hash = ancestor_hash
+        self.old_tip_number = old_tip_number
+        self.new_head_number = new_head_number
+        self.detected_at = detected_at
+        self.shard = shard
+        self.blocks = blocks
+
+    @property
+    def depth(self) -> int:
+        """Blocks removed from the published chain."""
+        return self.old_tip_number - self.ancestor_number
+
+    def tx_hashes(self) -> list[str]:
+        return [tx.tx_hash for b in self.blocks for tx in b.txs]
+
+    def tx_hashes_by_sender(self) -> dict[str, list[str]]:
+        """Orphaned tx hashes per sender: what each sender's window must forget."""
+        out: dict[str, list[str]] = {}
+        for b in self.blocks:
+            for tx in b.txs:
+                out.setdefault(tx.sender, []).append(tx.tx_hash)
+        return out
+
+
+MAX_ORPHANED_BLOCKS = 4096
+
+
+def decode_reorg(raw: bytes | None) -> Reorg:
+    """Strictly decode one `chain.reorg.v1` message or raise `InvalidMessage`."""
+    if raw is None:
+        raise InvalidMessage("empty message (null value)")
+    d = _parse_json(raw)
+    version = _require(d, "schema_version", int)
+    if version != SCHEMA_VERSION:
+        raise InvalidMessage(f"unknown schema_version {version} (expected {SCHEMA_VERSION})")
+    blocks_raw = _require(d, "blocks", list)
+    if len(blocks_raw) > MAX_ORPHANED_BLOCKS:
+        raise InvalidMessage(f"too many orphaned blocks in one message: {len(blocks_raw)}")
+    blocks = []
+    for b in blocks_raw:
+        if not isinstance(b, dict):
+            raise InvalidMessage("each orphaned block must be a JSON object")
+        blocks.append(_decode_block(b))
+    detected_at = _require(d, "detected_at", (int, float))
+    if not 0 <= detected_at < 2**40:
+        raise InvalidMessage(f"field 'detected_at' out of range: {detected_at}")
+    reorg = Reorg(
+        chain_id=_nonneg(d, "chain_id"),
+        epoch=_nonneg(d, "epoch"),
+        version=_nonneg(d, "version"),
+        ancestor_number=_require(d, "ancestor_number", int),
+        ancestor_hash=_match(d, "ancestor_hash", _HASH, "a 32-byte hex hash"),
+        old_tip_number=_nonneg(d, "old_tip_number"),
+        new_head_number=_nonneg(d, "new_head_number"),
+        detected_at=float(detected_at),
+        shard=_nonneg(d, "shard"),
+        blocks=blocks,
+    )
+    if reorg.ancestor_number < -1:
+        raise InvalidMessage(f"field 'ancestor_number' out of range: {reorg.ancestor_number}")
+    for b in blocks:
+        b.version = reorg.version
+        if b.block_number <= reorg.ancestor_number:
+            raise InvalidMessage(
+                f"orphaned block {b.block_number} is not above the ancestor {reorg.ancestor_number}"
+            )
+    return reorg
+
+
+def encode_tx(tx: Tx, tx_index: int, detail: TxDetail | None = None) -> TxRecord:
+    d = detail or TxDetail()
     return TxRecord(
         tx_hash=tx.tx_hash,
         sender=tx.sender,
@@ -280,6 +630,21 @@ def encode_tx(tx: Tx, tx_index: int) -> TxRecord:
         selector=tx.selector,
         status=tx.status,
         tx_index=tx_index,
+        gas_used=d.gas_used,
+        effective_gas_price_wei=d.effective_gas_price_wei,
+        contract_address=d.contract_address,
+        method=d.method,
+        call_args=dict(d.call_args),
+        events=[
+            EventRecord(
+                log_index=e.log_index,
+                address=e.address,
+                topic0=e.topic0,
+                name=e.name,
+                args=dict(e.args),
+            )
+            for e in d.events
+        ],
     )
 
 

@@ -7,12 +7,15 @@ Every endpoint is a setting; the embedded stack fills them in for the demo.
 
 from __future__ import annotations
 
+import ast
+import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -71,6 +74,25 @@ class Settings(BaseSettings):
     confirmations: int = Field(1, ge=0, description="Blocks behind head before publishing.")
     poll_interval_s: float = Field(0.5, gt=0)
     start_block: int | None = Field(None, ge=0, description="First block when no checkpoint.")
+    rpc_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra JSON-RPC endpoints tried in order after rpc_url (comma-separated "
+        "or a JSON list); the follower rotates among them on errors and rate limits.",
+    )
+    rpc_timeout_s: float = Field(10.0, gt=0, description="Timeout of one JSON-RPC request.")
+    rpc_batch_size: int = Field(50, ge=1, le=1000, description="Calls per JSON-RPC batch.")
+    fast_lane: bool = Field(
+        False, description="Also publish blocks before they are confirmed (confirmed=false)."
+    )
+    follow_chunk_blocks: int = Field(
+        16, ge=1, le=1000, description="Blocks fetched and published per follower step."
+    )
+    reorg_memory_blocks: int = Field(
+        128, ge=2, description="Published blocks remembered to find a reorg's common ancestor."
+    )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve the follower's Prometheus /metrics here."
+    )
 
     # --- Kafka / Faust ---------------------------------------------------------
     app_id: str = "vigil"
@@ -93,6 +115,34 @@ class Settings(BaseSettings):
     throttle_level: int = Field(2, ge=1, le=255)
     throttle_blocks: int = Field(300, ge=1, description="Throttle duration in blocks.")
     dry_run: bool = False
+
+    # --- governance alerts -----------------------------------------------------
+    governance_webhook_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Webhooks receiving signed governance alerts."
+    )
+    governance_webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key for the X-Vigil-Signature header."
+    )
+    governance_webhook_attempts: int = Field(5, ge=1, le=20)
+
+    @field_validator("rpc_urls", "governance_webhook_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, v: Any) -> Any:
+        """Accept a JSON list, a Python list repr (how a child gets it) or comma-separated."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    return list(json.loads(text))
+                except ValueError:
+                    return list(ast.literal_eval(text))
+            return [u.strip() for u in text.split(",") if u.strip()]
+        return v
+
+    @property
+    def rpc_endpoints(self) -> list[str]:
+        """`rpc_url` first, then `rpc_urls`, without repeats."""
+        return list(dict.fromkeys([self.rpc_url, *self.rpc_urls]))
 
     @field_validator("kafka_bootstrap")
     @classmethod
