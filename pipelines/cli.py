@@ -161,6 +161,20 @@ def settings(config: ConfigOpt = None) -> None:
     out.print_json(s.model_dump_json())
 
 
+def _register_subcommands() -> None:
+    """Sub-apps that live beside the code they drive."""
+    from dashboards.cli import app as dashboards_app
+    from pipelines.report import report_command
+    from pipelines.storage.cluster import app as storage_app
+
+    app.add_typer(dashboards_app, name="dashboards", help="Build or push Grafana dashboards.")
+    app.add_typer(storage_app, name="storage", help="ClickHouse DDL and read-only user SQL.")
+    app.command("report")(report_command)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     app()
 

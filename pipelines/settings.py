@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     clickhouse_user: str = "default"
     clickhouse_password: SecretStr = SecretStr("")
     clickhouse_database: str = "vigil"
+    clickhouse_cluster: str | None = Field(
+        None, description="Cluster name: DDL ON CLUSTER with Replicated*/Distributed tables."
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
 
