@@ -74,7 +74,7 @@ class AlertPolicy:
     min_window_txs: int = 5
     min_consecutive: int = 3
     cooldown_s: float = 300.0
-    high_margin: float = 0.05
+    high_margin: float = 0.02
 
     def step(
         self,

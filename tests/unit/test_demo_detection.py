@@ -76,3 +76,4 @@ def test_demo_bot_is_caught_quickly_and_no_human_is_alerted(seed: int) -> None:
     first = min(a.created_at for a in alerts) - 1_700_000_000.0
     assert first - bot_delay <= 10.0  # seconds from the bot's first tx to its alert
     assert len(alerts) == 1  # cooldown: one bot, one alert
+    assert alerts[0].severity == "high"  # persistent and clear: enough to throttle
