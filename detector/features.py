@@ -20,7 +20,7 @@ import base64
 import hashlib
 import math
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -200,6 +200,22 @@ def update(state: SenderWindow | None, tx: Tx, *, window_s: float, max_events: i
     pos = int(np.searchsorted(events[:, _TS], row[_TS], side="right"))
     merged = np.concatenate((events[:pos], row[None, :], events[pos:]))
     return SenderWindow(events=_trim(merged, window_s, max_events).copy(), window_s=float(window_s))
+
+
+def remove(state: SenderWindow, tx_hashes: Iterable[str]) -> SenderWindow:
+    """Forget transactions that a chain reorg orphaned: a new window without their events.
+
+    Returns `state` itself when none of them is in it. The remaining events stay within
+    the window (dropping events never widens it); events trimmed earlier do not come
+    back. A removed tx that is included again later counts again (`update` re-adds it).
+    """
+    ids = np.fromiter((_hash_id(h) for h in tx_hashes), dtype=np.float64)
+    if len(state) == 0 or len(ids) == 0:
+        return state
+    gone = np.isin(state.events[:, _HASH], ids)
+    if not bool(gone.any()):
+        return state
+    return SenderWindow(events=state.events[~gone].copy(), window_s=state.window_s)
 
 
 def features(state: SenderWindow) -> np.ndarray:

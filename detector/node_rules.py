@@ -35,6 +35,7 @@ class NodeState:
     observed_units: int = 0  # tokens served, from batch telemetry
     claimed_units: int = 0  # units settled on chain
     claims: int = 0
+    last_period: int = 0  # highest settlement period counted (replays are ignored)
     last_heartbeat: float | None = None
     verdicts: deque[int] = field(default_factory=lambda: deque(maxlen=64))  # 1 pass, 0 fail
     failed_request_ids: deque[str] = field(default_factory=lambda: deque(maxlen=16))
@@ -95,9 +96,14 @@ def observe_verdict(s: NodeState, *, passed: bool, request_id: str) -> None:
         s.failed_request_ids.append(request_id)
 
 
-def observe_claim(s: NodeState, *, units: int) -> None:
+def observe_claim(s: NodeState, *, units: int, period: int) -> bool:
+    """Count one settlement; False (ignored) when its period was already counted."""
+    if period <= s.last_period:
+        return False
+    s.last_period = period
     s.claims += 1
     s.claimed_units += max(units, 0)
+    return True
 
 
 @dataclass(frozen=True, slots=True)

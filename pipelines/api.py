@@ -411,6 +411,11 @@ def create_api(
         SortField.updated_at: "updated_at",
     }
 
+    @app.get("/health", tags=["ops"])
+    def health() -> dict[str, str]:
+        """Liveness for supervisors and load balancers (no data access)."""
+        return {"status": "ok"}
+
     @app.get("/v1/nodes", response_model=NodePage, responses=_ERRORS, tags=["reputation"])
     def list_nodes(
         sort: SortField = SortField.score,

@@ -5,33 +5,82 @@ caught and routed to `<topic>.dlq` with the reason (Faust would otherwise ack th
 failed event and move on, silently). Writes happen before the event is acked, and
 every sink is idempotent by key, so a crash or rebalance replays at most a few
 events and never double counts them.
+
+Streams and what they do:
+- `chain.tx.v1` -> score-transactions: sender windows, isolation forest, bot alerts.
+- `node.telemetry.v1`, `node.challenges.v1`, `node.claims.v1` -> node state, rules
+  (spot-check failures, overclaim, heartbeat loss), reputation, node alerts.
+- `alerts.v1` -> enforce: incidents, the action ladder, exactly-once contract calls,
+  governance alerts and webhooks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from web3 import Web3
 
-from detector.features import FEATURE_NAMES, SenderWindow
-from detector.policy import ActionPolicy, EntityAlertState, Severity
+from detector.evidence import canonical_json
+from detector.features import FEATURE_NAMES, SenderWindow, remove
+from detector.incidents import IncidentState, merge_alert
+from detector.node_rules import (
+    NodeState,
+    RuleConfig,
+    heartbeat_rule,
+    observe_claim,
+    observe_telemetry,
+    observe_verdict,
+    overclaim_rule,
+    spot_check_rule,
+)
+from detector.policy import (
+    ActionKind,
+    ActionLadder,
+    EnforcementState,
+    EntityAlertState,
+    Incident,
+    Severity,
+)
+from detector.reputation import NodeReputation
+from pipelines.api import REPUTATION_COLUMNS, reputation_row
 from pipelines.chain.contracts import compile_project
 from pipelines.chain.enforcer import ActionResult, Enforcer, load_monitor_account
+from pipelines.chain.reorg import canonical_tx_hashes, retraction_rows
+from pipelines.governance import (
+    incident_alert,
+    needs_governance,
+    notifier_from_settings,
+    slash_alert,
+)
+from pipelines.node_side import challenge_row, incident_row, node_alert, telemetry_row
 from pipelines.records import (
+    DLQ_TOPICS,
     SCHEMA_VERSION,
     TOPIC_ACTIONS,
     TOPIC_ALERTS,
+    TOPIC_CHAIN_REORG,
     TOPIC_CHAIN_TX,
+    TOPIC_CHALLENGES,
+    TOPIC_GOVERNANCE_ALERTS,
+    TOPIC_NODE_CLAIMS,
+    TOPIC_TELEMETRY,
     ActionRecord,
     AlertRecord,
+    ClaimRecord,
     DeadLetter,
     InvalidMessage,
     decode_alert,
+    decode_claim,
+    decode_reorg,
+    decode_telemetry,
     decode_tx_batch,
+    decode_verdict,
     dlq_topic,
 )
 from pipelines.scoring import (
@@ -63,7 +112,8 @@ class Sink:
 
     def insert(self, table: str, data: list[list[Any]]) -> None:
         if data:
-            self.client.insert(table, data, column_names=TABLE_COLUMNS[table])
+            columns = REPUTATION_COLUMNS if table == "reputation" else TABLE_COLUMNS[table]
+            self.client.insert(table, data, column_names=columns)
 
 
 def alert_record(a: Alert) -> AlertRecord:
@@ -106,7 +156,70 @@ def build_enforcer(settings: Settings) -> Enforcer:
         abi=compile_project()["NodeRegistry"].abi,
     )
     account = None if settings.dry_run else load_monitor_account(settings)
-    return Enforcer(w3, registry, account, dry_run=settings.dry_run)
+    return Enforcer(
+        w3,
+        registry,
+        account,
+        dry_run=settings.dry_run,
+        nonce_lock_path=settings.data_dir / "enforcer.lock",
+    )
+
+
+@dataclass
+class Context:
+    """What every agent shares: settings, the app, topics, counters."""
+
+    settings: Settings
+    app: faust.App
+    topics: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def topic(self, name: str, partitions: int | None = None) -> Any:
+        if name not in self.topics:
+            self.topics[name] = self.app.topic(
+                name,
+                value_serializer="raw",
+                key_serializer="raw",
+                partitions=partitions or self.settings.topic_partitions,
+            )
+        return self.topics[name]
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        """Blocking I/O (ClickHouse, web3) off the event loop."""
+        return await asyncio.to_thread(fn, *args)
+
+    async def send(self, topic: str, key: str, value: bytes) -> None:
+        """Send and wait for the broker's ack: the event is acked only after."""
+        await (await self.topic(topic).send(key=key.encode(), value=value))
+
+    async def dead_letter(self, sink: Sink, topic: str, event: Any, reason: str) -> None:
+        msg = event.message
+        now = time.time()
+        self.counters["dlq"] += 1
+        log.warning("%s[%d]@%d -> dlq: %s", topic, msg.partition, msg.offset, reason)
+        raw = event.value if isinstance(event.value, bytes) else None
+        rec = DeadLetter(
+            topic=topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            reason=reason,
+            raw=(raw or b"").decode("latin-1"),
+            received_at=now,
+        )
+        await self.call(
+            sink.insert, "dlq", [rows.dlq_row(topic, msg.partition, msg.offset, reason, raw, now)]
+        )
+        await (await self.topic(dlq_topic(topic), 1).send(key=msg.key, value=rec.dumps()))
+
+    async def publish_alerts(self, sink: Sink, alerts: list[Alert]) -> None:
+        """Store alerts and their evidence, then hand them to enforcement."""
+        if not alerts:
+            return
+        await self.call(sink.insert, "alerts", rows.alert_rows(alerts))
+        await self.call(sink.insert, "evidence", rows.evidence_rows(alerts))
+        for a in alerts:
+            await self.send(TOPIC_ALERTS, a.entity, alert_record(a).dumps())
+        self.counters["alerts"] += len(alerts)
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -129,23 +242,47 @@ def build_app(settings: Settings) -> faust.App:
         datadir=str(settings.data_dir / "faust"),
         table_standby_replicas=0,
     )
+    ctx = Context(
+        settings,
+        app,
+        counters={
+            "events": 0,
+            "txs": 0,
+            "scored": 0,
+            "alerts": 0,
+            "dlq": 0,
+            "actions": 0,
+            "telemetry": 0,
+            "verdicts": 0,
+            "claims": 0,
+            "incidents": 0,
+            "reorgs": 0,
+            "orphaned_skipped": 0,
+            "protected_skipped": 0,
+        },
+    )
+    for name in DLQ_TOPICS:
+        ctx.topic(dlq_topic(name), 1)
+    _transaction_agents(ctx)
+    _node_agents(ctx)
+    _enforcement_agents(ctx)
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok", **ctx.counters})
+
+    app.vigil_counters = ctx.counters  # type: ignore[attr-defined]
+    return app
+
+
+# ------------------------------------------------------------------- transactions
+
+
+def _transaction_agents(ctx: Context) -> None:
+    settings, app = ctx.settings, ctx.app
     parts = settings.topic_partitions
-    tx_topic = app.topic(
-        TOPIC_CHAIN_TX, value_serializer="raw", key_serializer="raw", partitions=parts
-    )
-    alerts_topic = app.topic(
-        TOPIC_ALERTS, value_serializer="raw", key_serializer="raw", partitions=parts
-    )
-    actions_topic = app.topic(
-        TOPIC_ACTIONS, value_serializer="raw", key_serializer="raw", partitions=parts
-    )
-    dlq = {
-        t: app.topic(dlq_topic(t), value_serializer="raw", key_serializer="raw", partitions=1)
-        for t in (TOPIC_CHAIN_TX, TOPIC_ALERTS)
-    }
     windows = app.Table("sender-windows", partitions=parts)
     alert_state = app.Table("alert-state", partitions=parts)
-
     cfg = ScoringConfig.from_settings(settings)
     model_root = settings.data_dir / "models"
 
@@ -153,42 +290,16 @@ def build_app(settings: Settings) -> faust.App:
         save_model(model, model_root, cfg)
 
     core = TxScoringCore(cfg, load_model(model_root), on_fit=persist)
-    action_policy = ActionPolicy(
-        throttle_level=settings.throttle_level, throttle_blocks=settings.throttle_blocks
-    )
-    counters = {"events": 0, "txs": 0, "scored": 0, "alerts": 0, "dlq": 0, "actions": 0}
 
-    async def dead_letter(sink: Sink, topic: str, event: faust.EventT, reason: str) -> None:
-        msg = event.message
-        now = time.time()
-        counters["dlq"] += 1
-        log.warning("%s[%d]@%d -> dlq: %s", topic, msg.partition, msg.offset, reason)
-        raw = event.value if isinstance(event.value, bytes) else None
-        rec = DeadLetter(
-            topic=topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            reason=reason,
-            raw=(raw or b"").decode("latin-1"),
-            received_at=now,
-        )
-        await sink_call(
-            sink.insert, "dlq", [rows.dlq_row(topic, msg.partition, msg.offset, reason, raw, now)]
-        )
-        await (await dlq[topic].send(key=msg.key, value=rec.dumps()))
-
-    async def sink_call(fn: Any, *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args)
-
-    @app.agent(tx_topic, name="score-transactions")
+    @app.agent(ctx.topic(TOPIC_CHAIN_TX), name="score-transactions")
     async def score_transactions(stream: faust.StreamT) -> None:
-        sink = await asyncio.to_thread(Sink, settings)
+        sink = await ctx.call(Sink, settings)
         async for event in stream.events():
-            counters["events"] += 1
+            ctx.counters["events"] += 1
             try:
                 batch = decode_tx_batch(event.value)
             except InvalidMessage as e:
-                await dead_letter(sink, TOPIC_CHAIN_TX, event, str(e))
+                await ctx.dead_letter(sink, TOPIC_CHAIN_TX, event, str(e))
                 continue
             try:
                 senders = {tx.sender for tx in batch.txs}
@@ -198,12 +309,12 @@ def build_app(settings: Settings) -> faust.App:
                 result = core.process(batch.txs, states, prev)
                 now = time.time()
                 version = core.model.version if core.model else ""
-                await sink_call(
+                await ctx.call(
                     sink.insert,
                     "transactions",
                     rows.transaction_rows(batch, version=int(now * 1000), ingested_at=now),
                 )
-                await sink_call(
+                await ctx.call(
                     sink.insert,
                     "scores",
                     rows.score_rows(
@@ -213,14 +324,7 @@ def build_app(settings: Settings) -> faust.App:
                         scored_at=now,
                     ),
                 )
-                await sink_call(sink.insert, "alerts", rows.alert_rows(result.alerts))
-                await sink_call(sink.insert, "evidence", rows.evidence_rows(result.alerts))
-                for a in result.alerts:
-                    await (
-                        await alerts_topic.send(
-                            key=a.entity.encode(), value=alert_record(a).dumps()
-                        )
-                    )
+                await ctx.publish_alerts(sink, result.alerts)
                 for s, st in result.states.items():
                     windows[s] = st.to_dict()
                 for s, ast in result.alert_states.items():
@@ -232,54 +336,331 @@ def build_app(settings: Settings) -> faust.App:
                     event.message.partition,
                     event.message.offset,
                 )
-                await dead_letter(sink, TOPIC_CHAIN_TX, event, f"processing error: {e!r}")
+                await ctx.dead_letter(sink, TOPIC_CHAIN_TX, event, f"processing error: {e!r}")
                 continue
-            counters["txs"] += len(batch.txs)
-            counters["scored"] += len(result.scored)
-            counters["alerts"] += len(result.alerts)
+            ctx.counters["txs"] += len(batch.txs)
+            ctx.counters["scored"] += len(result.scored)
 
-    @app.agent(alerts_topic, name="enforce")
+    @app.agent(ctx.topic(TOPIC_CHAIN_REORG), name="apply-reorgs")
+    async def apply_reorgs(stream: faust.StreamT) -> None:
+        """Retract what a reorg orphaned: hidden in ClickHouse, gone from sender windows."""
+        sink = await ctx.call(Sink, settings)
+        async for event in stream.events():
+            try:
+                reorg = decode_reorg(event.value)
+                await ctx.call(
+                    sink.insert, "transactions", retraction_rows(reorg, ingested_at=time.time())
+                )
+                for sender, hashes in reorg.tx_hashes_by_sender().items():
+                    stored = windows.get(sender)
+                    if stored:
+                        windows[sender] = remove(SenderWindow.from_dict(stored), hashes).to_dict()
+                ctx.counters["reorgs"] += 1
+            except InvalidMessage as e:
+                await ctx.dead_letter(sink, TOPIC_CHAIN_REORG, event, str(e))
+            except Exception as e:
+                log.exception("reorg handling failed")
+                await ctx.dead_letter(sink, TOPIC_CHAIN_REORG, event, f"processing error: {e!r}")
+
+    ctx.counters["warming_up"] = int(core.warming_up)
+
+    @app.timer(2.0)
+    async def model_status() -> None:
+        ctx.counters["warming_up"] = int(core.warming_up)
+
+
+# -------------------------------------------------------------------------- nodes
+
+
+def _node_agents(ctx: Context) -> None:
+    """Telemetry, spot-check verdicts and on-chain claims -> node state, rules, reputation."""
+    settings, app = ctx.settings, ctx.app
+    parts = settings.topic_partitions
+    nodes = app.Table("node-state", partitions=parts)
+    reputations = app.Table("node-reputation", partitions=parts)
+    rule_cfg = RuleConfig(heartbeat_timeout_s=settings.node_heartbeat_timeout_s)
+    fired: dict[tuple[str, str], float] = {}  # (node, rule) -> when (alert once per episode)
+    last_written: dict[str, float] = {}
+
+    async def check_rules(s: Sink, node: str, state: NodeState, at: float) -> None:
+        alerts = []
+        for hit in (spot_check_rule(state, rule_cfg), overclaim_rule(state, rule_cfg)):
+            if hit is not None and (node, hit.rule) not in fired:
+                fired[(node, hit.rule)] = at
+                alerts.append(node_alert(node, hit, at))
+        await ctx.publish_alerts(s, alerts)
+
+    async def write_reputation(s: Sink, node: str, rep: NodeReputation, at: float) -> None:
+        if at - last_written.get(node, 0.0) < settings.reputation_write_interval_s:
+            return
+        last_written[node] = at
+        await ctx.call(s.insert, "reputation", [reputation_row(node, at, rep.score(at))])
+
+    async def handle(s: Sink, topic: str, event: Any, step: Any) -> None:
+        try:
+            await step(s)
+        except InvalidMessage as e:
+            await ctx.dead_letter(s, topic, event, str(e))
+        except Exception as e:
+            log.exception("node event failed on %s", topic)
+            await ctx.dead_letter(s, topic, event, f"processing error: {e!r}")
+
+    @app.agent(ctx.topic(TOPIC_TELEMETRY), name="node-telemetry")
+    async def node_telemetry(stream: faust.StreamT) -> None:
+        sink = await ctx.call(Sink, settings)  # one ClickHouse client per agent
+        async for event in stream.events():
+
+            async def step(s: Sink, event: Any = event) -> None:
+                t = decode_telemetry(event.value)
+                await ctx.call(s.insert, "telemetry", [telemetry_row(t)])
+                state = NodeState.from_dict(nodes.get(t.node_id))
+                rep = NodeReputation.from_dict(reputations.get(t.node_id))
+                previous = state.last_heartbeat
+                observe_telemetry(
+                    state,
+                    kind=t.kind,
+                    ts=t.ts,
+                    tokens=t.tokens,
+                    errors=t.errors,
+                    latency_ms=t.latency_ms,
+                )
+                if t.kind == "heartbeat":
+                    gap = 0.0 if previous is None else t.ts - previous
+                    missed = min(100, max(0, round(gap / settings.node_heartbeat_interval_s) - 1))
+                    for _ in range(missed):
+                        rep = rep.observe_interval(t.ts, up=False)
+                    rep = rep.observe_interval(t.ts, up=True)
+                    fired.pop((t.node_id, "rule:heartbeat"), None)
+                else:
+                    rep = rep.observe_batch(t.ts, t.latency_ms, t.batch_size, t.errors)
+                nodes[t.node_id] = state.to_dict()
+                reputations[t.node_id] = rep.to_dict()
+                ctx.counters["telemetry"] += 1
+                await write_reputation(s, t.node_id, rep, t.ts)
+                await check_rules(s, t.node_id, state, t.ts)
+
+            await handle(sink, TOPIC_TELEMETRY, event, step)
+
+    @app.agent(ctx.topic(TOPIC_CHALLENGES), name="node-challenges")
+    async def node_challenges(stream: faust.StreamT) -> None:
+        sink = await ctx.call(Sink, settings)  # one ClickHouse client per agent
+        async for event in stream.events():
+
+            async def step(s: Sink, event: Any = event) -> None:
+                v = decode_verdict(event.value)
+                await ctx.call(s.insert, "challenges", [challenge_row(v)])
+                state = NodeState.from_dict(nodes.get(v.node_id))
+                observe_verdict(state, passed=v.passed, request_id=v.request_id)
+                rep = NodeReputation.from_dict(reputations.get(v.node_id))
+                rep = rep.observe_spot_check(v.ts, v.passed)
+                nodes[v.node_id] = state.to_dict()
+                reputations[v.node_id] = rep.to_dict()
+                ctx.counters["verdicts"] += 1
+                await write_reputation(s, v.node_id, rep, v.ts)
+                await check_rules(s, v.node_id, state, v.ts)
+
+            await handle(sink, TOPIC_CHALLENGES, event, step)
+
+    @app.agent(ctx.topic(TOPIC_NODE_CLAIMS), name="node-claims")
+    async def node_claims(stream: faust.StreamT) -> None:
+        sink = await ctx.call(Sink, settings)  # one ClickHouse client per agent
+        async for event in stream.events():
+
+            async def step(s: Sink, event: Any = event) -> None:
+                c = decode_claim(event.value)
+                state = NodeState.from_dict(nodes.get(c.node))
+                if observe_claim(state, units=c.units, period=c.period):
+                    nodes[c.node] = state.to_dict()
+                    ctx.counters["claims"] += 1
+                    await check_rules(s, c.node, state, time.time())
+
+            await handle(sink, TOPIC_NODE_CLAIMS, event, step)
+
+    timer_sink: dict[str, Sink] = {}
+
+    @app.timer(5.0)
+    async def heartbeat_watch() -> None:
+        """Heartbeat loss is the absence of events, so a timer looks for it."""
+        if "s" not in timer_sink:
+            timer_sink["s"] = await ctx.call(Sink, settings)
+        now = time.time()
+        alerts = []
+        for node, raw in list(nodes.items()):
+            hit = heartbeat_rule(NodeState.from_dict(raw), rule_cfg, now)
+            if hit is not None and (node, hit.rule) not in fired:
+                fired[(node, hit.rule)] = now
+                alerts.append(node_alert(node, hit, now))
+        await ctx.publish_alerts(timer_sink["s"], alerts)
+
+    cursor_path = settings.data_dir / "claims.cursor"
+
+    @app.timer(2.0, on_leader=True)
+    async def claims_watch() -> None:
+        """On-chain usage settlements -> `node.claims.v1` (keyed by node, like telemetry)."""
+        if settings.node_registry_address is None:
+            return
+        start = int(cursor_path.read_text()) if cursor_path.exists() else 0
+        logs, head = await ctx.call(_usage_settled, settings, start)
+        for e in logs:
+            a = e["args"]
+            rec = ClaimRecord(
+                schema_version=SCHEMA_VERSION,
+                node=str(a["node"]).lower(),
+                operator=str(a["operator"]).lower(),
+                period=int(a["period"]),
+                units=int(a["units"]),
+                commitment="0x" + bytes(a["commitment"]).hex(),
+                block_number=int(e["blockNumber"]),
+                tx_hash=e["transactionHash"].to_0x_hex(),
+            )
+            await ctx.send(TOPIC_NODE_CLAIMS, rec.node, rec.dumps())
+        cursor_path.write_text(str(head + 1))
+
+
+def _usage_settled(settings: Settings, start: int) -> tuple[list[Any], int]:
+    w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 10}))
+    head = int(w3.eth.block_number)
+    if head < start:
+        return [], start - 1
+    registry = w3.eth.contract(
+        address=Web3.to_checksum_address(str(settings.node_registry_address)),
+        abi=compile_project()["NodeRegistry"].abi,
+    )
+    return list(registry.events.UsageSettled.get_logs(from_block=start, to_block=head)), head
+
+
+# -------------------------------------------------------------------- enforcement
+
+
+def _enforcement_agents(ctx: Context) -> None:
+    """alerts.v1 -> incidents -> the action ladder -> contract calls + governance."""
+    settings, app = ctx.settings, ctx.app
+    parts = settings.topic_partitions
+    incidents = app.Table("incidents", partitions=parts)
+    enforcement = app.Table("enforcement-state", partitions=parts)
+    reputations = app.Table("node-reputation-actions", partitions=parts)
+    ladder = ActionLadder()
+
+    @app.agent(ctx.topic(TOPIC_ALERTS), name="enforce")
     async def enforce(stream: faust.StreamT) -> None:
-        sink = await asyncio.to_thread(Sink, settings)
-        enforcer = await asyncio.to_thread(build_enforcer, settings)
+        sink = await ctx.call(Sink, settings)
+        enforcer = await ctx.call(build_enforcer, settings)
+        notifier = notifier_from_settings(settings)
+        protected = {a.lower() for a in settings.protected_accounts}
+        if enforcer.account is not None:  # never act against our own signing key
+            protected.add(enforcer.account.address.lower())
         async for event in stream.events():
             try:
                 alert = decode_alert(event.value)
                 severity = Severity.parse(alert.severity)
-                level, until = await sink_call(enforcer.throttle_state, alert.entity)
-                head = await sink_call(enforcer.head)
-                decision = action_policy.throttle(
-                    severity=severity, current_level=level, current_until=until, head_block=head
-                )
-                if decision is None:
-                    continue
-                result = await sink_call(
-                    enforcer.throttle,
-                    alert.entity,
-                    decision.level,
-                    decision.until_block,
-                    alert.evidence_hash,
-                )
                 now = time.time()
-                await sink_call(sink.insert, "actions", rows.action_rows([result], created_at=now))
-                await (
-                    await actions_topic.send(
-                        key=alert.entity.encode(), value=action_record(result, now).dumps()
-                    )
+                if await ctx.call(_rests_on_orphans, sink, settings, alert.evidence_hash):
+                    log.warning("alert %s rests only on reorged-out txs: no action", alert.alert_id)
+                    ctx.counters["orphaned_skipped"] += 1
+                    continue
+                inc = merge_alert(
+                    IncidentState.from_dict(incidents.get(alert.entity)),
+                    entity=alert.entity,
+                    category=alert.category,
+                    severity=severity,
+                    detector=alert.detector,
+                    evidence=alert.evidence_hash,
+                    at=alert.created_at,
                 )
-                counters["actions"] += 1
+                incidents[alert.entity] = inc.to_dict()
+                await ctx.call(
+                    sink.insert, "incidents", [incident_row(inc, status="open", updated_at=now)]
+                )
+                ctx.counters["incidents"] += 1
+                if alert.entity in protected:
+                    log.info("alert about protected account %s: recorded, no action", alert.entity)
+                    ctx.counters["protected_skipped"] += 1
+                    continue
+                view = await ctx.call(enforcer.chain_view, alert.entity)
+                state, decision = ladder.decide(
+                    EnforcementState.from_dict(enforcement.get(alert.entity)),
+                    Incident(
+                        inc.incident_id,
+                        inc.entity,
+                        inc.category,
+                        inc.severity,
+                        inc.evidence_hash,
+                        inc.last_seen,
+                        inc.detectors,
+                    ),
+                    view,
+                )
+                result: ActionResult | None = None
+                if decision.onchain and decision.evidence_doc is not None:
+                    doc = canonical_json(decision.evidence_doc)
+                    await ctx.call(
+                        sink.insert,
+                        "evidence",
+                        [[decision.evidence_hash, alert.entity, doc, rows.ts(alert.created_at)]],
+                    )
+                    result = await ctx.call(enforcer.apply, decision)
+                if result is not None:
+                    await ctx.call(
+                        sink.insert,
+                        "actions",
+                        rows.action_rows([result], created_at=alert.created_at),
+                    )
+                    await ctx.send(TOPIC_ACTIONS, alert.entity, action_record(result, now).dumps())
+                    ctx.counters["actions"] += 1
+                    if view.is_node:
+                        rep = NodeReputation.from_dict(reputations.get(alert.entity))
+                        rep = (
+                            rep.observe_slash(now)
+                            if decision.kind is ActionKind.SLASH_PROPOSAL
+                            else rep.observe_throttle(now)
+                        )
+                        reputations[alert.entity] = rep.to_dict()
+                enforcement[alert.entity] = state.to_dict()  # only after the action went out
+                gov = []
+                if decision.kind is ActionKind.SLASH_PROPOSAL and result is not None:
+                    gov.append(
+                        slash_alert(
+                            decision,
+                            result,
+                            category=inc.category,
+                            severity=inc.severity.label,
+                            created_at=now,
+                        )
+                    )
+                if needs_governance(inc.severity) and inc.alert_count == 1:
+                    gov.append(
+                        incident_alert(
+                            incident_id=inc.incident_id,
+                            entity=inc.entity,
+                            category=inc.category,
+                            severity=inc.severity.label,
+                            evidence_hash=inc.evidence_hash,
+                            summary=f"{inc.category} incident: {', '.join(inc.detectors)}",
+                            created_at=now,
+                        )
+                    )
+                for g in gov:
+                    await ctx.send(TOPIC_GOVERNANCE_ALERTS, g.entity, g.dumps())
+                    await ctx.call(notifier.deliver, g)
             except InvalidMessage as e:
-                await dead_letter(sink, TOPIC_ALERTS, event, str(e))
+                await ctx.dead_letter(sink, TOPIC_ALERTS, event, str(e))
             except Exception as e:
                 log.exception("enforcement failed")
-                await dead_letter(sink, TOPIC_ALERTS, event, f"enforcement error: {e!r}")
+                await ctx.dead_letter(sink, TOPIC_ALERTS, event, f"enforcement error: {e!r}")
 
-    @app.page("/health")
-    async def health(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "warming_up": core.warming_up, **counters})
 
-    app.vigil_counters = counters  # type: ignore[attr-defined]
-    return app
+def _rests_on_orphans(sink: Sink, settings: Settings, evidence: str) -> bool:
+    """True when the alert's evidence references txs and none is canonical any more."""
+    found = sink.client.query(
+        "SELECT doc FROM evidence FINAL WHERE evidence_hash = {h:String} LIMIT 1",
+        parameters={"h": evidence},
+    ).result_rows
+    if not found:
+        return False
+    refs = json.loads(found[0][0]).get("tx_refs") or []
+    if not refs:
+        return False
+    return not canonical_tx_hashes(sink.client, settings.clickhouse_database, refs)
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

@@ -51,7 +51,11 @@ def up(
         float | None, typer.Option(help="Run this many seconds, then stop.")
     ] = None,
     summary_json: Annotated[Path | None, typer.Option(help="Write the run summary here.")] = None,
-    traffic: Annotated[str, typer.Option(help="demo | none")] = "demo",
+    traffic: Annotated[str, typer.Option(help="simulate | demo | none")] = "simulate",
+    nodes: Annotated[int, typer.Option(help="Local inference nodes (plus a gateway).")] = 0,
+    faulty_nodes: Annotated[
+        str, typer.Option(help="Faults among them, e.g. lazy:1,overclaim:1.")
+    ] = "",
     seed: int = 1,
     log_level: str = "warning",
 ) -> None:
@@ -61,7 +65,13 @@ def up(
     _logging(log_level)
     try:
         summary = run_up(
-            StackOptions(data_dir=data_dir, traffic=traffic, seed=seed),
+            StackOptions(
+                data_dir=data_dir,
+                traffic=traffic,
+                seed=seed,
+                nodes=nodes,
+                faulty_nodes=faulty_nodes,
+            ),
             duration,
             summary_json,
             console,
@@ -121,16 +131,40 @@ def worker(config: ConfigOpt = None, log_level: str = "info") -> None:
 @app.command()
 def follow(config: ConfigOpt = None, log_level: str = "info") -> None:
     """Follow the chain and publish transactions to Kafka until stopped."""
-    from pipelines.chain.follower import RpcUnavailable, run_follower
+    from pipelines.chain.follower import FollowerError, RpcUnavailable, run_follower
 
     _logging(log_level)
     settings = _settings(config)
     try:
         stats = asyncio.run(run_follower(settings))
-    except RpcUnavailable as e:
-        console.print(f"[red]{e}[/]")
+    except (RpcUnavailable, FollowerError) as e:
+        console.print(f"[red]follower failed:[/] {e}")
         raise typer.Exit(1) from None
-    console.print(json.dumps(stats))
+    console.print(json.dumps(stats, default=str))
+
+
+@app.command()
+def backfill(
+    start: Annotated[int, typer.Option("--from", help="First block (inclusive).")],
+    end: Annotated[int, typer.Option("--to", help="Last block (inclusive).")],
+    config: ConfigOpt = None,
+    log_level: str = "warning",
+) -> None:
+    """Publish a block range with the follower's own code path (idempotent downstream)."""
+    from pipelines.chain.follower import FollowerError, RpcUnavailable
+    from pipelines.chain.follower import backfill as run_backfill
+
+    _logging(log_level)
+    settings = _settings(config)
+    if end < start:
+        console.print("[red]--to must not be below --from[/]")
+        raise typer.Exit(2)
+    try:
+        stats = asyncio.run(run_backfill(settings, start, end))
+    except (RpcUnavailable, FollowerError) as e:
+        console.print(f"[red]backfill failed:[/] {e}")
+        raise typer.Exit(1) from None
+    out.print_json(json.dumps(stats, default=str))
 
 
 @app.command(
@@ -164,12 +198,18 @@ def settings(config: ConfigOpt = None) -> None:
 def _register_subcommands() -> None:
     """Sub-apps that live beside the code they drive."""
     from dashboards.cli import app as dashboards_app
+    from pipelines.eval_cli import app as eval_app
     from pipelines.report import report_command
+    from pipelines.simulator.cli import simulate_command
     from pipelines.storage.cluster import app as storage_app
 
+    app.add_typer(eval_app, name="eval", help="Measure detectors on labelled data.")
     app.add_typer(dashboards_app, name="dashboards", help="Build or push Grafana dashboards.")
     app.add_typer(storage_app, name="storage", help="ClickHouse DDL and read-only user SQL.")
     app.command("report")(report_command)
+    app.command("simulate", help="Labelled traffic (humans + bot families) against a chain.")(
+        simulate_command
+    )
 
 
 _register_subcommands()

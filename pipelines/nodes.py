@@ -80,9 +80,11 @@ def plan_nodes(n: int, faulty: dict[str, int], *, seed: int = 0) -> list[NodeSpe
     for i in range(n):
         operator, key = DEV_ACCOUNTS[FIRST_OPERATOR + i]
         identity = Account.from_key(keccak(text=f"vigil-node:{seed}:{i}")).address
+        # The node's id is its on-chain identity: telemetry, verdicts, claims and
+        # enforcement all name it the same way.
         specs.append(
             NodeSpec(
-                id=f"node-{i}",
+                id=identity.lower(),
                 address=identity,
                 operator=operator,
                 operator_key=key,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -648,26 +649,18 @@ def encode_tx(tx: Tx, tx_index: int, detail: TxDetail | None = None) -> TxRecord
     )
 
 
+@dataclass(frozen=True, slots=True)
 class AlertView:
     """A decoded `alerts.v1` message: what enforcement needs."""
 
-    __slots__ = ("alert_id", "entity", "category", "severity", "evidence_hash", "score")
-
-    def __init__(
-        self,
-        alert_id: str,
-        entity: str,
-        category: str,
-        severity: str,
-        evidence_hash: str,
-        score: float,
-    ) -> None:
-        self.alert_id = alert_id
-        self.entity = entity
-        self.category = category
-        self.severity = severity
-        self.evidence_hash = evidence_hash
-        self.score = score
+    alert_id: str
+    entity: str
+    category: str
+    severity: str
+    evidence_hash: str
+    score: float
+    detector: str
+    created_at: float
 
 
 _SEVERITIES = {"low", "medium", "high", "critical"}
@@ -691,4 +684,143 @@ def decode_alert(raw: bytes | None) -> AlertView:
         severity=severity,
         evidence_hash=_match(d, "evidence_hash", _HASH, "a 32-byte hex hash"),
         score=float(_require(d, "score", (int, float))),
+        detector=_require(d, "detector", str)[:64],
+        created_at=_num(d, "created_at", 0, 2**40),
     )
+
+
+# ------------------------------------------------------------------ node side
+
+TOPIC_CHALLENGES = "node.challenges.v1"
+TOPIC_NODE_CLAIMS = "node.claims.v1"
+_KINDS = {"batch", "heartbeat"}
+
+
+class ClaimRecord(faust.Record, serializer="json", namespace="vigil.claim.v1"):
+    """`node.claims.v1`: one on-chain usage settlement, keyed by node address."""
+
+    schema_version: int
+    node: str
+    operator: str
+    period: int
+    units: int
+    commitment: str
+    block_number: int
+    tx_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryView:
+    node_id: str
+    kind: str
+    ts: float
+    latency_ms: float
+    batch_size: int
+    tokens: int
+    queue_depth: int
+    errors: int
+    device: str
+    gpu_util: float
+    gpu_mem_mb: float
+
+
+def _num(d: dict[str, Any], key: str, lo: float = 0.0, hi: float = 1e12) -> float:
+    v = float(_require(d, key, (int, float)))
+    if not lo <= v <= hi or v != v:
+        raise InvalidMessage(f"field {key!r} out of range: {v}")
+    return v
+
+
+def _node_id(d: dict[str, Any]) -> str:
+    v = _require(d, "node_id", str)
+    if not 0 < len(v) <= 128 or not v.isprintable():
+        raise InvalidMessage("field 'node_id' must be 1-128 printable characters")
+    return v.lower()
+
+
+def _version(d: dict[str, Any]) -> None:
+    version = _require(d, "schema_version", int)
+    if version != SCHEMA_VERSION:
+        raise InvalidMessage(f"unknown schema_version {version} (expected {SCHEMA_VERSION})")
+
+
+def decode_telemetry(raw: bytes | None) -> TelemetryView:
+    """Strictly decode one `node.telemetry.v1` message or raise `InvalidMessage`."""
+    if raw is None:
+        raise InvalidMessage("empty message (null value)")
+    d = _parse_json(raw)
+    _version(d)
+    kind = _require(d, "kind", str)
+    if kind not in _KINDS:
+        raise InvalidMessage(f"unknown telemetry kind {kind[:40]!r}")
+    return TelemetryView(
+        node_id=_node_id(d),
+        kind=kind,
+        ts=_num(d, "ts", 0, 2**40),
+        latency_ms=_num(d, "latency_ms"),
+        batch_size=int(_num(d, "batch_size", 0, 2**31)),
+        tokens=int(_num(d, "tokens", 0, 2**40)),
+        queue_depth=int(_num(d, "queue_depth", 0, 2**31)),
+        errors=int(_num(d, "errors", 0, 2**31)),
+        device=str(_require(d, "device", str))[:64],
+        gpu_util=_num(d, "gpu_util", 0, 100),
+        gpu_mem_mb=_num(d, "gpu_mem_mb", 0, 1e9),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictView:
+    node_id: str
+    request_id: str
+    passed: bool
+    cosine: float
+    ts: float
+    reason: str
+
+
+def decode_verdict(raw: bytes | None) -> VerdictView:
+    """Strictly decode one `node.challenges.v1` verdict or raise `InvalidMessage`."""
+    if raw is None:
+        raise InvalidMessage("empty message (null value)")
+    d = _parse_json(raw)
+    _version(d)
+    cosine = d.get("cosine")
+    if cosine is not None and not isinstance(cosine, int | float):
+        raise InvalidMessage("field 'cosine' must be a number or null")
+    return VerdictView(
+        node_id=_node_id(d),
+        request_id=str(_require(d, "request_id", str))[:128],
+        passed=_require(d, "passed", bool),
+        cosine=float(cosine) if cosine is not None else float("nan"),
+        ts=_num(d, "ts", 0, 2**40),
+        reason=str(d.get("reason") or "")[:256],
+    )
+
+
+def decode_claim(raw: bytes | None) -> ClaimRecord:
+    """Strictly decode one `node.claims.v1` message or raise `InvalidMessage`."""
+    if raw is None:
+        raise InvalidMessage("empty message (null value)")
+    d = _parse_json(raw)
+    _version(d)
+    return ClaimRecord(
+        schema_version=SCHEMA_VERSION,
+        node=_match(d, "node", _ADDRESS, "an address"),
+        operator=_match(d, "operator", _ADDRESS, "an address"),
+        period=_nonneg(d, "period"),
+        units=_nonneg(d, "units"),
+        commitment=_match(d, "commitment", _HASH, "a 32-byte hash"),
+        block_number=_nonneg(d, "block_number"),
+        tx_hash=_match(d, "tx_hash", _HASH, "a hash"),
+    )
+
+
+#: Topics whose bad messages go to `<topic>.dlq`.
+DLQ_TOPICS = (
+    TOPIC_CHAIN_TX,
+    TOPIC_CHAIN_REORG,
+    TOPIC_ALERTS,
+    TOPIC_TELEMETRY,
+    TOPIC_CHALLENGES,
+    TOPIC_NODE_CLAIMS,
+)

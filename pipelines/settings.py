@@ -118,6 +118,15 @@ class Settings(BaseSettings):
     throttle_level: int = Field(2, ge=1, le=255)
     throttle_blocks: int = Field(300, ge=1, description="Throttle duration in blocks.")
     dry_run: bool = False
+    protected_accounts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accounts never enforced against (the monitor's own is always added).",
+    )
+
+    # --- node monitoring -------------------------------------------------------
+    node_heartbeat_interval_s: float = Field(5.0, gt=0, description="Nodes' heartbeat period.")
+    node_heartbeat_timeout_s: float = Field(30.0, gt=0, description="Silence that is an alert.")
+    reputation_write_interval_s: float = Field(10.0, gt=0)
 
     # --- governance alerts -----------------------------------------------------
     governance_webhook_urls: Annotated[list[str], NoDecode] = Field(
@@ -128,7 +137,7 @@ class Settings(BaseSettings):
     )
     governance_webhook_attempts: int = Field(5, ge=1, le=20)
 
-    @field_validator("rpc_urls", "governance_webhook_urls", mode="before")
+    @field_validator("rpc_urls", "governance_webhook_urls", "protected_accounts", mode="before")
     @classmethod
     def _split_urls(cls, v: Any) -> Any:
         """Accept a JSON list, a Python list repr (how a child gets it) or comma-separated."""

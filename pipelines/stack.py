@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import secrets
 import shutil
 import signal
 import sys
@@ -30,16 +32,31 @@ from web3 import Web3
 
 from pipelines.chain.anvil import DEV_ACCOUNTS, start_anvil
 from pipelines.chain.contracts import compile_project, deploy_node_registry
+from pipelines.nodes import (
+    NodeSpec,
+    healthy,
+    node_env,
+    parse_faulty,
+    plan_nodes,
+    start_node,
+    write_abi,
+)
 from pipelines.procs import ManagedProcess, ProcessFailed, free_port, port_open
 from pipelines.records import (
+    DLQ_TOPICS,
     TOPIC_ACTIONS,
     TOPIC_ALERTS,
+    TOPIC_CHAIN_REORG,
     TOPIC_CHAIN_TX,
+    TOPIC_CHALLENGES,
+    TOPIC_GOVERNANCE_ALERTS,
+    TOPIC_NODE_CLAIMS,
     TOPIC_SCORES,
     TOPIC_TELEMETRY,
     dlq_topic,
 )
 from pipelines.settings import Settings
+from pipelines.simulator import ClickHouseLabels, SimConfig, Simulator
 from pipelines.storage.client import connect, wait_ready
 from pipelines.storage.schema import migrate
 from pipelines.traffic import DemoTraffic, TrafficConfig
@@ -47,7 +64,17 @@ from pipelines.traffic import DemoTraffic, TrafficConfig
 log = logging.getLogger(__name__)
 
 DEPLOYER, MONITOR, GOVERNANCE = DEV_ACCOUNTS[0], DEV_ACCOUNTS[1], DEV_ACCOUNTS[2]
-TOPICS = (TOPIC_CHAIN_TX, TOPIC_TELEMETRY, TOPIC_SCORES, TOPIC_ALERTS, TOPIC_ACTIONS)
+TOPICS = (
+    TOPIC_CHAIN_TX,
+    TOPIC_CHAIN_REORG,  # co-partitioned with chain.tx.v1 (same key: sender shard)
+    TOPIC_TELEMETRY,
+    TOPIC_SCORES,
+    TOPIC_ALERTS,
+    TOPIC_ACTIONS,
+    TOPIC_CHALLENGES,
+    TOPIC_NODE_CLAIMS,
+    TOPIC_GOVERNANCE_ALERTS,
+)
 
 
 class StackError(RuntimeError):
@@ -61,12 +88,15 @@ class _Stop(Exception):
 @dataclass
 class StackOptions:
     data_dir: Path = Path(".vigil")
-    traffic: str = "demo"  # demo | none
+    traffic: str = "simulate"  # simulate (labelled bot families) | demo | none
     block_time: float = 1.0
     seed: int = 1
     topic_partitions: int = 1
     warmup_rows: int = 300
     bot_delay_s: float = 65.0
+    nodes: int = 0
+    faulty_nodes: str = ""  # e.g. "lazy:1,overclaim:1"
+    load_rate: float = 2.0  # user requests/s through the gateway
 
 
 def tansu_binary() -> Path:
@@ -86,11 +116,7 @@ async def create_topics(bootstrap: str, partitions: int) -> None:
     try:
         existing = set(await admin.list_topics())
         wanted = [NewTopic(t, partitions, 1) for t in TOPICS if t not in existing]
-        wanted += [
-            NewTopic(dlq_topic(t), 1, 1)
-            for t in (TOPIC_CHAIN_TX, TOPIC_ALERTS)
-            if dlq_topic(t) not in existing
-        ]
+        wanted += [NewTopic(dlq_topic(t), 1, 1) for t in DLQ_TOPICS if dlq_topic(t) not in existing]
         if wanted:
             await admin.create_topics(wanted)
     finally:
@@ -121,7 +147,7 @@ class EmbeddedStack:
     procs: list[ManagedProcess] = field(default_factory=list)
     settings: Settings | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
-    traffic: DemoTraffic | None = None
+    traffic: DemoTraffic | Simulator | None = None
 
     @property
     def logs(self) -> Path:
@@ -210,6 +236,9 @@ class EmbeddedStack:
                 clickhouse_url=ch_url,
                 node_registry_address=registry,
                 monitor_private_key=SecretStr(MONITOR[1]),
+                api_port=free_port(),
+                protected_accounts=[DEPLOYER[0], MONITOR[0], GOVERNANCE[0]],
+                node_heartbeat_interval_s=2.0,
                 confirmations=0,
                 poll_interval_s=0.25,
                 topic_partitions=self.opts.topic_partitions,
@@ -218,7 +247,7 @@ class EmbeddedStack:
                 seed=self.opts.seed,
             )
             client = connect(ch_url, "default", "", None)
-            migrate(client, settings.clickhouse_database)
+            migrate(client, settings.clickhouse_database, cluster=settings.clickhouse_cluster)
             client.close()
             self.settings = settings
 
@@ -230,17 +259,29 @@ class EmbeddedStack:
             )
             status.update("block follower")
             self._child("follower", [sys.executable, "-m", "pipelines.cli", "follow"], env)
+            status.update("reputation API")
+            self._child("api", [sys.executable, "-m", "pipelines.cli", "api"], env).wait_healthy(
+                lambda: _http_ok(f"http://127.0.0.1:{settings.api_port}/health"), timeout=60
+            )
+            specs: list[NodeSpec] = []
+            gateway_url = None
+            if self.opts.nodes > 0:
+                status.update(f"{self.opts.nodes} inference nodes and the gateway")
+                specs, gateway_url = self._start_nodes(settings, artifact.abi, registry)
 
             self.manifest = {
                 "kafka_bootstrap": bootstrap,
                 "rpc_url": rpc,
                 "clickhouse_url": ch_url,
+                "api_url": f"http://127.0.0.1:{settings.api_port}",
                 "worker_url": f"http://127.0.0.1:{settings.worker_web_port}",
                 "contracts": {"NodeRegistry": registry},
                 "accounts": {"monitor": MONITOR[0], "governance": GOVERNANCE[0]},
-                "nodes": [],
+                "nodes": [n.manifest() for n in specs],
                 "pids": {p.name: p.pid for p in self.procs},
             }
+            if gateway_url is not None:
+                self.manifest["gateway_url"] = gateway_url
             (d / "stack.json").write_text(json.dumps(self.manifest, indent=2))
             if self.opts.traffic == "demo":
                 status.update("demo traffic")
@@ -249,15 +290,108 @@ class EmbeddedStack:
                     TrafficConfig(seed=self.opts.seed, bot_delay_s=self.opts.bot_delay_s),
                     d / "traffic" / "labels.json",
                 ).start()
+            elif self.opts.traffic == "simulate":
+                status.update("traffic simulator (contracts, balances)")
+                sim = Simulator(
+                    rpc,
+                    SimConfig(seed=self.opts.seed, bots_start_s=self.opts.bot_delay_s),
+                    d / "traffic",
+                    clickhouse=ClickHouseLabels(ch_url, settings.clickhouse_database),
+                ).start()
+                self.traffic = sim
+                if sim.deployment is not None:
+                    dep = sim.deployment
+                    self.manifest["contracts"].update(
+                        SimToken0=dep.token0,
+                        SimToken1=dep.token1,
+                        SimPair=dep.pair,
+                        SimInferencePayments=dep.payments,
+                    )
+                    (d / "stack.json").write_text(json.dumps(self.manifest, indent=2))
             elif self.opts.traffic != "none":
-                raise StackError(f"unknown traffic mode {self.opts.traffic!r} (demo | none)")
+                raise StackError(
+                    f"unknown traffic mode {self.opts.traffic!r} (simulate | demo | none)"
+                )
         self._print_where()
         return settings
 
+    def _start_nodes(
+        self, settings: Settings, abi: list[dict[str, Any]], registry: str
+    ) -> tuple[list[NodeSpec], str]:
+        """N real inference nodes (some faulty), a gateway in front, user load through it."""
+        specs = plan_nodes(
+            self.opts.nodes, parse_faulty(self.opts.faulty_nodes), seed=self.opts.seed
+        )
+        abi_path = write_abi(abi, settings.data_dir)
+        token = secrets.token_hex(16)  # spot-check bearer token, env only (never argv)
+        started = []
+        for spec in specs:
+            env = node_env(
+                spec,
+                rpc_url=settings.rpc_url,
+                registry=registry,
+                abi_path=abi_path,
+                kafka_bootstrap=settings.kafka_bootstrap,
+                challenge_token=token,
+            )
+            env.update({"HF_HUB_OFFLINE": "1", "VIGIL_NODE_FAULT_RATE": "0.5"})
+            started.append((spec, start_node(spec, env, self.logs)))
+            self.procs.append(started[-1][1])
+        for spec, proc in started:  # loading the model takes a while on CPU
+            proc.wait_healthy(functools.partial(healthy, spec), timeout=240)
+        gport = free_port()
+        gateway_url = f"http://127.0.0.1:{gport}"
+        nodes_json = json.dumps([{"id": n.id, "url": n.url, "address": n.address} for n in specs])
+        gw = self._child(
+            "gateway",
+            [sys.executable, "-m", "inference_node", "gateway"],
+            {
+                "HF_HUB_OFFLINE": "1",
+                "VIGIL_GATEWAY_PORT": str(gport),
+                "VIGIL_GATEWAY_NODES": nodes_json,
+                "VIGIL_GATEWAY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+                "VIGIL_GATEWAY_CHALLENGE_TOKEN": token,
+                "VIGIL_GATEWAY_SPOT_CHECK_RATE": "0.3",
+                "VIGIL_GATEWAY_DEVICE": "auto",
+            },
+        )
+        gw.wait_healthy(lambda: _http_ok(f"{gateway_url}/health"), timeout=240)
+        self._child(
+            "load",
+            [
+                sys.executable,
+                "-m",
+                "inference_node",
+                "load",
+                "--url",
+                gateway_url,
+                "--rate",
+                str(self.opts.load_rate),
+                "--duration",
+                "86400",
+                "--users",
+                "20",
+                "--no-progress",
+                "--seed",
+                str(self.opts.seed),
+            ],
+        )
+        return specs, gateway_url
+
     def _print_where(self) -> None:
         t = Table(title="Vigil embedded stack", show_header=False)
-        for k in ("kafka_bootstrap", "rpc_url", "clickhouse_url", "worker_url"):
-            t.add_row(k, self.manifest[k])
+        for k in (
+            "kafka_bootstrap",
+            "rpc_url",
+            "clickhouse_url",
+            "api_url",
+            "worker_url",
+            "gateway_url",
+        ):
+            if k in self.manifest:
+                t.add_row(k, self.manifest[k])
+        for n in self.manifest["nodes"]:
+            t.add_row(n["id"], f"{n['url']} operator {n['operator']} fault {n['fault']}")
         t.add_row("NodeRegistry", self.manifest["contracts"]["NodeRegistry"])
         t.add_row("manifest", str(self.opts.data_dir / "stack.json"))
         t.add_row("logs", str(self.logs))
@@ -323,7 +457,9 @@ class EmbeddedStack:
         self.procs.clear()
 
 
-def summarize(settings: Settings, labels_path: Path | None) -> dict[str, Any]:
+def summarize(
+    settings: Settings, labels_path: Path | None, nodes: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
     """The run's summary from ClickHouse (and the chain for throttle state)."""
     c = connect(settings.clickhouse_url, "default", "", settings.clickhouse_database)
     try:
@@ -351,11 +487,15 @@ def summarize(settings: Settings, labels_path: Path | None) -> dict[str, Any]:
         "transactions_scored": int(scored),
         "alerts": {k: int(v) for k, v in alerts.items()},
         "actions": actions,
-        "nodes": [],
+        "nodes": [{"id": n["id"], "fault": n["fault"]} for n in nodes or []],
         "dead_letters": int(dlq),
     }
+    labels: dict[str, str] = {}
     if labels_path is not None and labels_path.exists():
-        labels: dict[str, str] = json.loads(labels_path.read_text())
+        labels.update(json.loads(labels_path.read_text()))
+    for n in nodes or []:  # node faults are ground truth too (honest nodes: "normal")
+        labels[n["id"]] = "normal" if n["fault"] == "none" else f"node:{n['fault']}"
+    if labels:
         out["detection"] = detection_metrics(labels, alerted)
     return out
 
@@ -395,7 +535,11 @@ def run_up(
         with contextlib.suppress(_Stop):
             stack.drain()
         summary = summarize(
-            settings, opts.data_dir / "traffic" / "labels.json" if opts.traffic == "demo" else None
+            settings,
+            opts.data_dir / "traffic" / "labels.json"
+            if opts.traffic in ("demo", "simulate")
+            else None,
+            stack.manifest.get("nodes"),
         )
         if summary_json is not None:
             summary_json.parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,9 @@ SHARDING_KEYS: dict[str, str] = {
     "reputation": "cityHash64(node_id)",
     "pipeline_health": "cityHash64(component)",
     "challenges": "cityHash64(node_id)",
+    "sim_labels": "cityHash64(entity)",
+    "contests": "cityHash64(node_id)",
+    "webhook_dlq": "cityHash64(alert_id)",
     # Rollups are filled per shard by their views; the key only routes backfills.
     "alerts_1m": "cityHash64(category)",
     "tx_1m": "chain_id",

@@ -571,6 +571,21 @@ _V3 = [
     """,
 ]
 
+# Tables owned by the simulator, the API and the governance notifier: their DDL lives
+# beside the code that writes them; the migration makes them part of every install.
+_V4_MODULES = (
+    ("pipelines.simulator.labels", "LABELS_DDL"),
+    ("pipelines.api", "CONTESTS_DDL"),
+    ("pipelines.governance", "WEBHOOK_DLQ_DDL"),
+)
+
+
+def _v4() -> list[str]:
+    import importlib
+
+    return [getattr(importlib.import_module(m), name) for m, name in _V4_MODULES]
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "transactions, scores, alerts, actions, dlq", _V1),
     Migration(2, "evidence", _V2),
@@ -580,6 +595,7 @@ MIGRATIONS: list[Migration] = [
         "chain_id, per-minute rollups",
         _V3,
     ),
+    Migration(4, "simulator labels, contests, webhook dead letters", _v4()),
 ]
 
 # Tables that get a shard-local table plus a Distributed one in cluster mode (the

@@ -83,6 +83,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 str(DURATION_S),
                 "--summary-json",
                 str(summary),
+                "--traffic",
+                "demo",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

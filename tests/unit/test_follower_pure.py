@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.chain.follower import Checkpoint, block_to_txs, build_batches, shard_of
-from pipelines.records import decode_tx_batch
+from pipelines.records import TxBatch, decode_tx_batch
 from pipelines.stack import detection_metrics
 
 
@@ -47,16 +47,25 @@ def test_block_becomes_shard_batches_that_decode_back() -> None:
         assert all(shard_of(t.sender, 4) == shard for t in rec.txs)
 
 
-def test_checkpoint_survives_reload_and_keeps_recent_hashes(tmp_path: Path) -> None:
-    p = tmp_path / "cp.json"
-    cp = Checkpoint()
+def test_checkpoint_survives_reload_and_keeps_recent_blocks(tmp_path: Path) -> None:
+    p = tmp_path / "state.sqlite"
+    cp = Checkpoint.open(p, memory=128, chain_id=1)
     for n in range(300):
-        cp.block_number = n
-        cp.hashes[n] = f"0x{n:064x}"
-    cp.save(p)
-    back = Checkpoint.load(p)
-    assert back.block_number == 299
-    assert min(back.hashes) > 299 - 130 and back.hashes[299] == f"0x{299:064x}"
+        b = TxBatch(
+            n,
+            f"0x{n:064x}",
+            1_700_000_000.0 + n,
+            True,
+            [],
+            [],
+            parent_hash=f"0x{n - 1:064x}" if n else "0x" + "00" * 32,
+        )
+        cp.commit([b], confirmed_tip=n, fast_tip=n)
+    cp.close()
+    back = Checkpoint.open(p, chain_id=1)
+    assert back.block_number == 299 and back.fast_tip == 299 and back.epoch() == 0
+    assert back.oldest() == 300 - 128 and back.hash_at(299) == f"0x{299:064x}"
+    assert back.tip() == (299, f"0x{299:064x}")
 
 
 def test_detection_metrics_per_label() -> None:

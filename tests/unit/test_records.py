@@ -112,6 +112,8 @@ def test_alert_decoding_checks_entity_and_evidence() -> None:
         "severity": "high",
         "evidence_hash": "0x" + "44" * 32,
         "score": 0.7,
+        "detector": "tx_iforest",
+        "created_at": 1_700_000_000.0,
     }
     assert decode_alert(json.dumps(good).encode()).severity == "high"
     with pytest.raises(InvalidMessage, match="unknown severity"):

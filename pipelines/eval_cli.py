@@ -1,0 +1,115 @@
+"""`vigil eval ...`: measure detectors on public labelled data and print the figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Evaluate detectors on labelled data (NAB, ADBench, scenarios).",
+)
+out = Console()
+err = Console(stderr=True)
+
+#: Published standard scores on the NAB development subset (../shared/data/README.md).
+NAB_REFERENCE = {"ARTime": 73.55, "Numenta HTM": 69.52, "Random Cut Forest": 50.64}
+
+
+def _default_data(*parts: str) -> Path:
+    """`../shared/data/...` beside the repository (where CI lays it)."""
+    return Path(__file__).resolve().parents[2].joinpath("shared", "data", *parts)
+
+
+def _need(path: Path, what: str) -> None:
+    if not path.exists():
+        err.print(f"[red]{what} not found at {path}[/]; pass its location with --data")
+        raise typer.Exit(2)
+
+
+@app.command("nab")
+def nab(
+    data: Annotated[Path | None, typer.Option(help="NAB-layout dir (data/, labels/).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    scores_out: Annotated[
+        Path | None, typer.Option(help="Write per-row scores in NAB's results layout here.")
+    ] = None,
+) -> None:
+    """Streaming telemetry detector on NAB, scored by Vigil's NAB scorer."""
+    from detector.telemetry import TelemetryDetector
+    from models.evaluation.nab import evaluate_detector, load_corpus, write_results
+
+    nab_dir = data or _default_data("nab")
+    _need(nab_dir / "labels" / "combined_windows.json", "NAB labels")
+    corpus = load_corpus(nab_dir)
+    with err.status(f"running the detector over {len(corpus.files)} series"):
+        res = evaluate_detector(nab_dir, TelemetryDetector, corpus=corpus)
+    if scores_out is not None:
+        write_results(scores_out, "vigil", res["scores"], corpus)
+    summary: dict[str, Any] = {
+        "standard": res["standard"],
+        "reward_low_FP": res["reward_low_FP"],
+        "reward_low_FN": res["reward_low_FN"],
+        "thresholds": res["thresholds"],
+        "seconds": res["seconds"],
+        "files": res["files"],
+    }
+    if as_json:
+        out.print_json(json.dumps(summary, default=float))
+        return
+    t = Table(title="NAB (development subset), normalised scores")
+    for col in ("detector", "standard", "reward_low_FP", "reward_low_FN"):
+        t.add_column(col)
+    t.add_row(
+        "Vigil TelemetryDetector",
+        *(f"{res[k]:.2f}" for k in ("standard", "reward_low_FP", "reward_low_FN")),
+    )
+    for name, score in NAB_REFERENCE.items():
+        t.add_row(f"{name} (published)", f"{score:.2f}", "", "")
+    out.print(t)
+    out.print(
+        f"{len(corpus.files)} series in {res['seconds']:.1f} s; gap to ARTime "
+        f"{res['standard'] - NAB_REFERENCE['ARTime']:+.2f}, to HTM "
+        f"{res['standard'] - NAB_REFERENCE['Numenta HTM']:+.2f}"
+    )
+
+
+@app.command("tabular")
+def tabular(
+    data: Annotated[Path | None, typer.Option(help="Dir with ADBench .npz files.")] = None,
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Isolation forest on ADBench http/smtp/shuttle: ROC-AUC and average precision."""
+    from dataclasses import asdict
+
+    from models.evaluation.tabular import PUBLISHED_ROC_AUC, evaluate_adbench
+
+    d = data or _default_data("adbench")
+    _need(d, "ADBench data")
+    with err.status("fitting and scoring isolation forests"):
+        results = evaluate_adbench(d, seed=seed)
+    if as_json:
+        out.print_json(json.dumps([asdict(r) for r in results]))
+        return
+    t = Table(title="Isolation forest on ADBench (unsupervised, 100 trees, 256 samples)")
+    for col in ("set", "rows", "anomalies", "ROC-AUC", "published", "AP", "score rows/s"):
+        t.add_column(col)
+    for r in results:
+        pub = PUBLISHED_ROC_AUC.get(r.name)
+        t.add_row(
+            r.name,
+            str(r.n),
+            str(r.anomalies),
+            f"{r.roc_auc:.4f}",
+            f"{pub:.4f}" if pub else "",
+            f"{r.average_precision:.3f}",
+            f"{r.score_rows_per_s:,.0f}",
+        )
+    out.print(t)

@@ -1,0 +1,168 @@
+"""Inference nodes in the embedded stack: honest, lazy and overclaiming, end to end.
+
+`vigil up --nodes 3 --faulty-nodes lazy:1,overclaim:1` runs three real MiniLM nodes
+registered on chain, a gateway routing user load to them with spot checks, and the
+monitor. The lazy node must fail spot checks and the overclaiming one must claim more
+than its telemetry shows: both get a slash proposal whose evidence the API serves;
+the honest node keeps a high reputation and gets no action.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import clickhouse_connect
+import httpx
+import pytest
+from web3 import Web3
+
+from pipelines.chain.contracts import compile_project
+
+pytestmark = pytest.mark.integration
+
+DURATION_S = 150
+
+
+def _wait_for(fn: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            last = fn()
+            if last:
+                return last
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    d = tmp_path_factory.mktemp("nodes")
+    log_path = d / "up.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "up",
+                "--data-dir",
+                str(d / "data"),
+                "--duration",
+                str(DURATION_S),
+                "--summary-json",
+                str(d / "summary.json"),
+                "--traffic",
+                "demo",
+                "--nodes",
+                "3",
+                "--faulty-nodes",
+                "lazy:1,overclaim:1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+    try:
+        manifest_path = d / "data" / "stack.json"
+        _wait_for(lambda: manifest_path.exists() or proc.poll() is not None, 400, "stack.json")
+        if proc.poll() is not None:
+            pytest.fail(f"vigil up exited early:\n{log_path.read_text()[-4000:]}")
+        m = json.loads(manifest_path.read_text())
+        url = m["clickhouse_url"].removeprefix("http://")
+        host, port = url.split(":")
+        m["_ch"] = clickhouse_connect.get_client(host=host, port=int(port), database="vigil")
+        m["_proc"], m["_dir"] = proc, d
+        yield m
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=90)
+
+
+def _by_fault(m: dict[str, Any], fault: str) -> str:
+    return next(n["id"] for n in m["nodes"] if n["fault"] == fault)
+
+
+def test_manifest_lists_nodes_and_gateway(stack: dict[str, Any]) -> None:
+    assert sorted(n["fault"] for n in stack["nodes"]) == ["lazy", "none", "overclaim"]
+    for n in stack["nodes"]:
+        assert {"id", "url", "operator", "fault"} <= set(n)
+        assert Web3.is_address(n["id"]) and Web3.is_address(n["operator"])
+    assert httpx.get(stack["gateway_url"] + "/health", timeout=5).status_code == 200
+
+
+def test_telemetry_reaches_clickhouse_and_usage_is_settled_on_chain(stack: dict[str, Any]) -> None:
+    ch = stack["_ch"]
+    ids = {n["id"] for n in stack["nodes"]}
+    seen = _wait_for(
+        lambda: (
+            {r[0] for r in ch.query("SELECT DISTINCT node_id FROM telemetry").result_rows} >= ids
+        ),
+        120,
+        "telemetry from every node",
+    )
+    assert seen
+    w3 = Web3(Web3.HTTPProvider(stack["rpc_url"]))
+    registry = w3.eth.contract(
+        address=stack["contracts"]["NodeRegistry"], abi=compile_project()["NodeRegistry"].abi
+    )
+    settled = _wait_for(
+        lambda: (
+            {e["args"]["node"].lower() for e in registry.events.UsageSettled.get_logs(from_block=0)}
+            >= ids
+        ),
+        120,
+        "a usage settlement from every node",
+    )
+    assert settled
+
+
+def test_faulty_nodes_get_slash_proposals_with_evidence_and_honest_one_nothing(
+    stack: dict[str, Any],
+) -> None:
+    ch = stack["_ch"]
+    lazy, over, honest = (_by_fault(stack, f) for f in ("lazy", "overclaim", "none"))
+    proposals = _wait_for(
+        lambda: (lambda got: got if {lazy, over} <= set(got) else None)(
+            dict(
+                ch.query(
+                    "SELECT target, evidence_hash FROM actions FINAL WHERE kind = 'slash_proposal'"
+                ).result_rows
+            )
+        ),
+        DURATION_S,
+        "slash proposals against the lazy and the overclaiming node",
+    )
+    for node in (lazy, over):
+        r = httpx.get(f"{stack['api_url']}/v1/evidence/{proposals[node]}", timeout=10)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["verified"] and body["entity"] == node
+    actions_on_honest = ch.query(
+        "SELECT count() FROM actions FINAL WHERE target = {n:String}", parameters={"n": honest}
+    ).result_rows[0][0]
+    assert actions_on_honest == 0
+    rep = httpx.get(f"{stack['api_url']}/v1/nodes/{honest}/reputation", timeout=10)
+    assert rep.status_code == 200, rep.text
+    assert rep.json()["score"] >= 80
+    bad = httpx.get(f"{stack['api_url']}/v1/nodes/{lazy}/reputation", timeout=10).json()
+    assert bad["score"] < rep.json()["score"]
+    assert {c["name"] for c in bad["components"]} >= {"spot_checks", "slashes"}
+
+
+def test_summary_names_nodes_and_their_detection(stack: dict[str, Any]) -> None:
+    proc = stack["_proc"]
+    proc.wait(timeout=DURATION_S + 200)
+    assert proc.returncode == 0, (stack["_dir"] / "up.log").read_text()[-3000:]
+    summary = json.loads((stack["_dir"] / "summary.json").read_text())
+    assert sorted(n["fault"] for n in summary["nodes"]) == ["lazy", "none", "overclaim"]
+    assert summary["detection"]["node:lazy"]["recall"] == 1.0
+    assert summary["detection"]["node:overclaim"]["recall"] == 1.0
