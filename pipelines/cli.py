@@ -85,16 +85,20 @@ def up(
 @app.command()
 def demo(
     data_dir: Annotated[Path, typer.Option(help="State directory.")] = Path(".vigil"),
-    duration: float = 95.0,
+    duration: float = 150.0,
 ) -> None:
-    """The main job: embedded stack + demo traffic until the bot is caught, then a summary."""
+    """The main job: the embedded stack with labelled traffic (humans, bot families) and
+    three inference nodes (one lazy, one overclaiming), then a summary of what was caught
+    and which contract calls were made."""
     up(
         data_dir=data_dir,
         duration=duration,
         summary_json=data_dir / "summary.json",
-        traffic="demo",
+        traffic="simulate",
         seed=1,
         log_level="warning",
+        nodes=3,
+        faulty_nodes="lazy:1,overclaim:1",
     )
 
 
@@ -110,8 +114,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         t.add_row(f"detection {label}", f"precision {m['precision']:.2f}, recall {m['recall']:.2f}")
     out.print(t)
     for a in s["actions"]:
+        who = f" [cyan]({a['label']})[/]" if "label" in a else ""
         out.print(
-            f"[bold green]{a['kind']}[/] {a['target']}  tx {a['tx_hash']}  "
+            f"[bold green]{a['kind']}[/] {a['target']}{who}  tx {a['tx_hash']}  "
             f"evidence {a['evidence_hash']} ({a['status']})"
         )
     if not s["actions"]:
@@ -198,12 +203,14 @@ def settings(config: ConfigOpt = None) -> None:
 def _register_subcommands() -> None:
     """Sub-apps that live beside the code they drive."""
     from dashboards.cli import app as dashboards_app
+    from models.cli import app as train_app
     from pipelines.eval_cli import app as eval_app
     from pipelines.report import report_command
     from pipelines.simulator.cli import simulate_command
     from pipelines.storage.cluster import app as storage_app
 
     app.add_typer(eval_app, name="eval", help="Measure detectors on labelled data.")
+    app.add_typer(train_app, name="train", help="Train sequence models (GPU when present).")
     app.add_typer(dashboards_app, name="dashboards", help="Build or push Grafana dashboards.")
     app.add_typer(storage_app, name="storage", help="ClickHouse DDL and read-only user SQL.")
     app.command("report")(report_command)

@@ -33,6 +33,18 @@ def _need(path: Path, what: str) -> None:
         raise typer.Exit(2)
 
 
+def _register_models() -> None:
+    """`vigil eval sequence` lives with the models it evaluates."""
+    from models.cli import eval_sequence
+
+    app.command("sequence", help="Sequence models vs isolation forest on held-out seeds.")(
+        eval_sequence
+    )
+
+
+_register_models()
+
+
 @app.command("nab")
 def nab(
     data: Annotated[Path | None, typer.Option(help="NAB-layout dir (data/, labels/).")] = None,

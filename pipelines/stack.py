@@ -497,6 +497,8 @@ def summarize(
         labels[n["id"]] = "normal" if n["fault"] == "none" else f"node:{n['fault']}"
     if labels:
         out["detection"] = detection_metrics(labels, alerted)
+        for a in actions:  # ground truth beside each action, for the reader
+            a["label"] = labels.get(a["target"].lower(), "unlabelled")
     return out
 
 

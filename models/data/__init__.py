@@ -1,0 +1,1 @@
+"""Synthetic labelled sequences (tx and telemetry), their vectorisation and DataModules."""
