@@ -203,7 +203,7 @@ class EmbeddedStack:
                 DEPLOYER[1],
                 monitor=MONITOR[0],
                 governance=GOVERNANCE[0],
-                challenge_period_blocks=20,
+                challenge_period_blocks=600,  # 10 minutes of 1 s blocks for governance
                 min_stake_wei=10**18,
                 artifact=artifact,
             )

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS {db}.sim_labels
     sent_at DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMMDD(sent_at)
 ORDER BY (run_id, entity_kind, entity)
 """
 #: Statements for a `pipelines.storage.schema.Migration` ("simulator ground-truth labels").

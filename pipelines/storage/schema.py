@@ -580,9 +580,18 @@ _V4_MODULES = (
 )
 
 
+_V4_COLUMNS = (
+    ("sim_labels", "pipelines.simulator.labels", "LABELS_COLUMNS"),
+    ("contests", "pipelines.api", "CONTESTS_COLUMNS"),
+    ("webhook_dlq", "pipelines.governance", "WEBHOOK_DLQ_COLUMNS"),
+)
+
+
 def _v4() -> list[str]:
     import importlib
 
+    for table, module, name in _V4_COLUMNS:
+        TABLE_COLUMNS[table] = list(getattr(importlib.import_module(module), name))
     return [getattr(importlib.import_module(m), name) for m, name in _V4_MODULES]
 
 

@@ -14,8 +14,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import clickhouse_connect
@@ -23,11 +25,53 @@ import httpx
 import pytest
 from web3 import Web3
 
-from pipelines.chain.contracts import compile_project
+from pipelines.chain.anvil import DEV_ACCOUNTS
+from pipelines.chain.contracts import compile_project, transact
+from pipelines.governance import verify_signature
+from pipelines.procs import free_port
 
 pytestmark = pytest.mark.integration
 
 DURATION_S = 150
+WEBHOOK_SECRET = "test-webhook-secret"
+
+
+class Receiver:
+    """A governance webhook endpoint: checks signatures, fails each first delivery."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[dict[str, Any]] = []
+        self.first_attempts_failed: set[str] = set()
+        self.bad_signatures = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                ok = verify_signature(
+                    WEBHOOK_SECRET,
+                    self.headers.get("X-Vigil-Timestamp"),
+                    body,
+                    self.headers.get("X-Vigil-Signature"),
+                )
+                delivery = self.headers.get("X-Vigil-Delivery", "")
+                if not ok:
+                    receiver.bad_signatures += 1
+                    self.send_response(401)
+                elif delivery not in receiver.first_attempts_failed:
+                    receiver.first_attempts_failed.add(delivery)  # forced 500: must retry
+                    self.send_response(500)
+                else:
+                    receiver.deliveries.append(json.loads(body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def _wait_for(fn: Any, timeout: float, what: str) -> Any:
@@ -46,6 +90,13 @@ def _wait_for(fn: Any, timeout: float, what: str) -> Any:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     d = tmp_path_factory.mktemp("nodes")
     log_path = d / "up.log"
+    receiver = Receiver()
+    env = {
+        **os.environ,
+        "COLUMNS": "200",
+        "VIGIL_GOVERNANCE_WEBHOOK_URLS": receiver.url,
+        "VIGIL_GOVERNANCE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [
@@ -68,7 +119,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "COLUMNS": "200"},
+            env=env,
         )
     try:
         manifest_path = d / "data" / "stack.json"
@@ -79,9 +130,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         url = m["clickhouse_url"].removeprefix("http://")
         host, port = url.split(":")
         m["_ch"] = clickhouse_connect.get_client(host=host, port=int(port), database="vigil")
-        m["_proc"], m["_dir"] = proc, d
+        m["_proc"], m["_dir"], m["_receiver"] = proc, d, receiver
         yield m
     finally:
+        receiver.server.shutdown()
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=90)
@@ -156,6 +208,37 @@ def test_faulty_nodes_get_slash_proposals_with_evidence_and_honest_one_nothing(
     bad = httpx.get(f"{stack['api_url']}/v1/nodes/{lazy}/reputation", timeout=10).json()
     assert bad["score"] < rep.json()["score"]
     assert {c["name"] for c in bad["components"]} >= {"spot_checks", "slashes"}
+
+
+def test_governance_gets_signed_alerts_after_retries_and_can_veto(stack: dict[str, Any]) -> None:
+    receiver: Receiver = stack["_receiver"]
+    lazy = _by_fault(stack, "lazy")
+    alert = _wait_for(
+        lambda: next(
+            (
+                a
+                for a in receiver.deliveries
+                if a["kind"] == "slash_proposal" and a["entity"] == lazy
+            ),
+            None,
+        ),
+        DURATION_S,
+        "a signed slash-proposal alert about the lazy node",
+    )
+    assert f"slash:{alert['evidence_hash']}" in receiver.first_attempts_failed  # retried
+    assert receiver.bad_signatures == 0
+    w3 = Web3(Web3.HTTPProvider(stack["rpc_url"]))
+    registry = w3.eth.contract(
+        address=stack["contracts"]["NodeRegistry"], abi=compile_project()["NodeRegistry"].abi
+    )
+    (event,) = registry.events.SlashProposed.get_logs(
+        from_block=0, argument_filters={"evidenceHash": alert["evidence_hash"]}
+    )
+    pid = event["args"]["id"]
+    transact(w3, DEV_ACCOUNTS[2][1], registry.functions.veto(pid))  # governance vetoes
+    assert registry.functions.getProposal(pid).call()[-1] == 2  # Vetoed
+    stake = registry.functions.nodeInfo(Web3.to_checksum_address(lazy)).call()[1]
+    assert stake > 0  # nothing was taken
 
 
 def test_summary_names_nodes_and_their_detection(stack: dict[str, Any]) -> None:

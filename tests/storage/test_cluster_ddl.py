@@ -156,7 +156,7 @@ def test_upgrade_from_migrations_1_and_2_backfills_the_rollups(client: Client, d
         "('a1', 'e1', 'bot', 'high', 'd', 1, 0.5, 'h1', '', '', now64(3)), "
         "('a2', 'e2', 'bot', 'low', 'd', 1, 0.5, 'h2', '', '', now64(3))"
     )
-    assert migrate(client, db) == [3]
+    assert migrate(client, db) == [3, 4]
     total = client.query(f"SELECT uniqExactMerge(alerts) FROM `{db}`.alerts_1m").result_rows
     assert total == [(2,)]
     described = [r[0] for r in client.query(f"DESCRIBE TABLE `{db}`.alerts").result_rows]
