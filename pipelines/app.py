@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,8 +265,10 @@ def build_app(settings: Settings) -> faust.App:
     for name in DLQ_TOPICS:
         ctx.topic(dlq_topic(name), 1)
     _transaction_agents(ctx)
-    _node_agents(ctx)
-    _enforcement_agents(ctx)
+    # One reputation per node, fed by telemetry, spot checks and enforcement alike.
+    reputations = app.Table("node-reputation", partitions=settings.topic_partitions)
+    _node_agents(ctx, reputations)
+    _enforcement_agents(ctx, reputations)
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
@@ -372,12 +375,11 @@ def _transaction_agents(ctx: Context) -> None:
 # -------------------------------------------------------------------------- nodes
 
 
-def _node_agents(ctx: Context) -> None:
+def _node_agents(ctx: Context, reputations: Any) -> None:
     """Telemetry, spot-check verdicts and on-chain claims -> node state, rules, reputation."""
     settings, app = ctx.settings, ctx.app
     parts = settings.topic_partitions
     nodes = app.Table("node-state", partitions=parts)
-    reputations = app.Table("node-reputation", partitions=parts)
     rule_cfg = RuleConfig(heartbeat_timeout_s=settings.node_heartbeat_timeout_s)
     fired: dict[tuple[str, str], float] = {}  # (node, rule) -> when (alert once per episode)
     last_written: dict[str, float] = {}
@@ -405,6 +407,39 @@ def _node_agents(ctx: Context) -> None:
             log.exception("node event failed on %s", topic)
             await ctx.dead_letter(s, topic, event, f"processing error: {e!r}")
 
+    async def update_node(
+        s: Sink,
+        node: str,
+        at: float,
+        counter: str,
+        on_state: Callable[[NodeState], bool | None],
+        on_rep: Callable[[NodeReputation], NodeReputation] | None = None,
+    ) -> None:
+        """Read the node's state and reputation, apply one event, store, run the rules."""
+        state = NodeState.from_dict(nodes.get(node))
+        if on_state(state) is False:
+            return  # a replayed event: nothing changed
+        rep = NodeReputation.from_dict(reputations.get(node))
+        if on_rep is not None:
+            rep = on_rep(rep)
+            reputations[node] = rep.to_dict()
+            await write_reputation(s, node, rep, at)
+        nodes[node] = state.to_dict()
+        ctx.counters[counter] += 1
+        await check_rules(s, node, state, at)
+
+    def uptime(previous: float | None, at: float) -> Callable[[NodeReputation], NodeReputation]:
+        """A heartbeat: the intervals missed since the previous one count as down."""
+
+        def step(rep: NodeReputation) -> NodeReputation:
+            gap = 0.0 if previous is None else at - previous
+            missed = min(100, max(0, round(gap / settings.node_heartbeat_interval_s) - 1))
+            for _ in range(missed):
+                rep = rep.observe_interval(at, up=False)
+            return rep.observe_interval(at, up=True)
+
+        return step
+
     @app.agent(ctx.topic(TOPIC_TELEMETRY), name="node-telemetry")
     async def node_telemetry(stream: faust.StreamT) -> None:
         sink = await ctx.call(Sink, settings)  # one ClickHouse client per agent
@@ -413,66 +448,65 @@ def _node_agents(ctx: Context) -> None:
             async def step(s: Sink, event: Any = event) -> None:
                 t = decode_telemetry(event.value)
                 await ctx.call(s.insert, "telemetry", [telemetry_row(t)])
-                state = NodeState.from_dict(nodes.get(t.node_id))
-                rep = NodeReputation.from_dict(reputations.get(t.node_id))
-                previous = state.last_heartbeat
-                observe_telemetry(
-                    state,
-                    kind=t.kind,
-                    ts=t.ts,
-                    tokens=t.tokens,
-                    errors=t.errors,
-                    latency_ms=t.latency_ms,
-                )
+                previous = NodeState.from_dict(nodes.get(t.node_id)).last_heartbeat
                 if t.kind == "heartbeat":
-                    gap = 0.0 if previous is None else t.ts - previous
-                    missed = min(100, max(0, round(gap / settings.node_heartbeat_interval_s) - 1))
-                    for _ in range(missed):
-                        rep = rep.observe_interval(t.ts, up=False)
-                    rep = rep.observe_interval(t.ts, up=True)
                     fired.pop((t.node_id, "rule:heartbeat"), None)
+                    on_rep = uptime(previous, t.ts)
                 else:
-                    rep = rep.observe_batch(t.ts, t.latency_ms, t.batch_size, t.errors)
-                nodes[t.node_id] = state.to_dict()
-                reputations[t.node_id] = rep.to_dict()
-                ctx.counters["telemetry"] += 1
-                await write_reputation(s, t.node_id, rep, t.ts)
-                await check_rules(s, t.node_id, state, t.ts)
+                    on_rep = lambda r: r.observe_batch(  # noqa: E731
+                        t.ts, t.latency_ms, t.batch_size, t.errors
+                    )
+                await update_node(
+                    s,
+                    t.node_id,
+                    t.ts,
+                    "telemetry",
+                    lambda st: observe_telemetry(
+                        st,
+                        kind=t.kind,
+                        ts=t.ts,
+                        tokens=t.tokens,
+                        errors=t.errors,
+                        latency_ms=t.latency_ms,
+                    ),
+                    on_rep,
+                )
 
             await handle(sink, TOPIC_TELEMETRY, event, step)
 
     @app.agent(ctx.topic(TOPIC_CHALLENGES), name="node-challenges")
     async def node_challenges(stream: faust.StreamT) -> None:
-        sink = await ctx.call(Sink, settings)  # one ClickHouse client per agent
+        sink = await ctx.call(Sink, settings)
         async for event in stream.events():
 
             async def step(s: Sink, event: Any = event) -> None:
                 v = decode_verdict(event.value)
                 await ctx.call(s.insert, "challenges", [challenge_row(v)])
-                state = NodeState.from_dict(nodes.get(v.node_id))
-                observe_verdict(state, passed=v.passed, request_id=v.request_id)
-                rep = NodeReputation.from_dict(reputations.get(v.node_id))
-                rep = rep.observe_spot_check(v.ts, v.passed)
-                nodes[v.node_id] = state.to_dict()
-                reputations[v.node_id] = rep.to_dict()
-                ctx.counters["verdicts"] += 1
-                await write_reputation(s, v.node_id, rep, v.ts)
-                await check_rules(s, v.node_id, state, v.ts)
+                await update_node(
+                    s,
+                    v.node_id,
+                    v.ts,
+                    "verdicts",
+                    lambda st: observe_verdict(st, passed=v.passed, request_id=v.request_id),
+                    lambda r: r.observe_spot_check(v.ts, v.passed),
+                )
 
             await handle(sink, TOPIC_CHALLENGES, event, step)
 
     @app.agent(ctx.topic(TOPIC_NODE_CLAIMS), name="node-claims")
     async def node_claims(stream: faust.StreamT) -> None:
-        sink = await ctx.call(Sink, settings)  # one ClickHouse client per agent
+        sink = await ctx.call(Sink, settings)
         async for event in stream.events():
 
             async def step(s: Sink, event: Any = event) -> None:
                 c = decode_claim(event.value)
-                state = NodeState.from_dict(nodes.get(c.node))
-                if observe_claim(state, units=c.units, period=c.period):
-                    nodes[c.node] = state.to_dict()
-                    ctx.counters["claims"] += 1
-                    await check_rules(s, c.node, state, time.time())
+                await update_node(
+                    s,
+                    c.node,
+                    time.time(),
+                    "claims",
+                    lambda st: observe_claim(st, units=c.units, period=c.period),
+                )
 
             await handle(sink, TOPIC_NODE_CLAIMS, event, step)
 
@@ -532,13 +566,12 @@ def _usage_settled(settings: Settings, start: int) -> tuple[list[Any], int]:
 # -------------------------------------------------------------------- enforcement
 
 
-def _enforcement_agents(ctx: Context) -> None:
+def _enforcement_agents(ctx: Context, reputations: Any) -> None:
     """alerts.v1 -> incidents -> the action ladder -> contract calls + governance."""
     settings, app = ctx.settings, ctx.app
     parts = settings.topic_partitions
     incidents = app.Table("incidents", partitions=parts)
     enforcement = app.Table("enforcement-state", partitions=parts)
-    reputations = app.Table("node-reputation-actions", partitions=parts)
     ladder = ActionLadder()
 
     @app.agent(ctx.topic(TOPIC_ALERTS), name="enforce")

@@ -125,3 +125,88 @@ def tabular(
             f"{r.score_rows_per_s:,.0f}",
         )
     out.print(t)
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    """`101-103` or `101,102,103` (or a mix) -> seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = (int(x) for x in part.split("-", 1))
+            seeds += range(lo, hi + 1)
+        else:
+            seeds.append(int(part))
+    if not seeds:
+        raise typer.BadParameter("no seeds given")
+    return tuple(seeds)
+
+
+@app.command("scenario")
+def scenario(
+    seeds: Annotated[
+        str,
+        typer.Option(help="Held-out simulator seeds, e.g. 101-103 (no test or tuning uses them)."),
+    ] = "101-103",
+    duration: Annotated[float, typer.Option(help="Simulated seconds of traffic per seed.")] = 300.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where scenario.md and the PNG plots go.")
+    ] = Path("reports"),
+    nab_data: Annotated[
+        Path | None, typer.Option("--nab-data", help="NAB dir for the score timeline plot.")
+    ] = None,
+) -> None:
+    """Simulator scenarios replayed offline: per bot family and node fault figures + plots."""
+    from pipelines.scenario_eval import run_scenarios, write_report
+
+    seed_list = _parse_seeds(seeds)
+    with err.status("replaying scenarios") as status:
+        res = run_scenarios(seed_list, duration, progress=lambda m: status.update(m))
+        status.update("writing the report and plots")
+        written = write_report(res, out_dir, nab_data or _default_data("nab"))
+    if as_json:
+        out.print_json(json.dumps(res.to_dict(), default=float))
+        return
+
+    def f(x: float | None, fmt: str = "{:.2f}") -> str:
+        return "n/a" if x is None else fmt.format(x)
+
+    t = Table(title=f"Bot families vs normal users (seeds {seeds}, {duration:.0f} s each)")
+    for col in ("family", "entities", "P", "R", "F1", "ROC-AUC", "TTD med s", "throttles"):
+        t.add_column(col)
+    for r in res.tx_families:
+        t.add_row(
+            r.family,
+            str(r.entities),
+            f(r.precision),
+            f(r.recall),
+            f(r.f1),
+            f(r.roc_auc, "{:.3f}"),
+            f(r.ttd_median_s, "{:.0f}"),
+            str(r.actions),
+        )
+    out.print(t)
+    n = Table(title="Node faults vs honest nodes")
+    for col in ("fault", "nodes", "P", "R", "F1", "TTD med s", "slash proposals"):
+        n.add_column(col)
+    for r in res.node_faults:
+        n.add_row(
+            r.family,
+            str(r.entities),
+            f(r.precision),
+            f(r.recall),
+            f(r.f1),
+            f(r.ttd_median_s, "{:.0f}"),
+            str(r.actions),
+        )
+    out.print(n)
+    colour = "green" if res.false_throttles == 0 and res.honest_slash_proposals == 0 else "red"
+    out.print(
+        f"[{colour}]false throttles {res.false_throttles} ({res.normal_alerted}/"
+        f"{res.normal_entities} normal users alerted); slash proposals against honest nodes "
+        f"{res.honest_slash_proposals} ({res.honest_alerted}/{res.honest_nodes} alerted)[/]"
+    )
+    out.print("wrote " + ", ".join(str(p) for p in written.values()))

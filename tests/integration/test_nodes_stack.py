@@ -9,18 +9,12 @@ the honest node keeps a high reputation and gets no action.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import clickhouse_connect
 import httpx
 import pytest
 from web3 import Web3
@@ -29,6 +23,7 @@ from pipelines.chain.anvil import DEV_ACCOUNTS
 from pipelines.chain.contracts import compile_project, transact
 from pipelines.governance import verify_signature
 from pipelines.procs import free_port
+from tests.integration.stackrun import vigil_up, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -74,69 +69,31 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def _wait_for(fn: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = fn()
-            if last:
-                return last
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    d = tmp_path_factory.mktemp("nodes")
-    log_path = d / "up.log"
     receiver = Receiver()
     env = {
-        **os.environ,
-        "COLUMNS": "200",
         "VIGIL_GOVERNANCE_WEBHOOK_URLS": receiver.url,
         "VIGIL_GOVERNANCE_WEBHOOK_SECRET": WEBHOOK_SECRET,
     }
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipelines.cli",
-                "up",
-                "--data-dir",
-                str(d / "data"),
-                "--duration",
-                str(DURATION_S),
-                "--summary-json",
-                str(d / "summary.json"),
-                "--traffic",
-                "demo",
-                "--nodes",
-                "3",
-                "--faulty-nodes",
-                "lazy:1,overclaim:1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
     try:
-        manifest_path = d / "data" / "stack.json"
-        _wait_for(lambda: manifest_path.exists() or proc.poll() is not None, 400, "stack.json")
-        if proc.poll() is not None:
-            pytest.fail(f"vigil up exited early:\n{log_path.read_text()[-4000:]}")
-        m = json.loads(manifest_path.read_text())
-        url = m["clickhouse_url"].removeprefix("http://")
-        host, port = url.split(":")
-        m["_ch"] = clickhouse_connect.get_client(host=host, port=int(port), database="vigil")
-        m["_proc"], m["_dir"], m["_receiver"] = proc, d, receiver
-        yield m
+        with vigil_up(
+            tmp_path_factory.mktemp("nodes"),
+            "--duration",
+            str(DURATION_S),
+            "--traffic",
+            "demo",
+            "--nodes",
+            "3",
+            "--faulty-nodes",
+            "lazy:1,overclaim:1",
+            env=env,
+        ) as run:
+            m = dict(run.manifest)
+            m["_ch"], m["_run"], m["_receiver"] = run.clickhouse(), run, receiver
+            yield m
     finally:
         receiver.server.shutdown()
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=90)
 
 
 def _by_fault(m: dict[str, Any], fault: str) -> str:
@@ -154,7 +111,7 @@ def test_manifest_lists_nodes_and_gateway(stack: dict[str, Any]) -> None:
 def test_telemetry_reaches_clickhouse_and_usage_is_settled_on_chain(stack: dict[str, Any]) -> None:
     ch = stack["_ch"]
     ids = {n["id"] for n in stack["nodes"]}
-    seen = _wait_for(
+    seen = wait_for(
         lambda: (
             {r[0] for r in ch.query("SELECT DISTINCT node_id FROM telemetry").result_rows} >= ids
         ),
@@ -166,7 +123,7 @@ def test_telemetry_reaches_clickhouse_and_usage_is_settled_on_chain(stack: dict[
     registry = w3.eth.contract(
         address=stack["contracts"]["NodeRegistry"], abi=compile_project()["NodeRegistry"].abi
     )
-    settled = _wait_for(
+    settled = wait_for(
         lambda: (
             {e["args"]["node"].lower() for e in registry.events.UsageSettled.get_logs(from_block=0)}
             >= ids
@@ -182,7 +139,7 @@ def test_faulty_nodes_get_slash_proposals_with_evidence_and_honest_one_nothing(
 ) -> None:
     ch = stack["_ch"]
     lazy, over, honest = (_by_fault(stack, f) for f in ("lazy", "overclaim", "none"))
-    proposals = _wait_for(
+    proposals = wait_for(
         lambda: (lambda got: got if {lazy, over} <= set(got) else None)(
             dict(
                 ch.query(
@@ -213,7 +170,7 @@ def test_faulty_nodes_get_slash_proposals_with_evidence_and_honest_one_nothing(
 def test_governance_gets_signed_alerts_after_retries_and_can_veto(stack: dict[str, Any]) -> None:
     receiver: Receiver = stack["_receiver"]
     lazy = _by_fault(stack, "lazy")
-    alert = _wait_for(
+    alert = wait_for(
         lambda: next(
             (
                 a
@@ -242,10 +199,7 @@ def test_governance_gets_signed_alerts_after_retries_and_can_veto(stack: dict[st
 
 
 def test_summary_names_nodes_and_their_detection(stack: dict[str, Any]) -> None:
-    proc = stack["_proc"]
-    proc.wait(timeout=DURATION_S + 200)
-    assert proc.returncode == 0, (stack["_dir"] / "up.log").read_text()[-3000:]
-    summary = json.loads((stack["_dir"] / "summary.json").read_text())
+    summary = stack["_run"].finish(timeout=DURATION_S + 200)
     assert sorted(n["fault"] for n in summary["nodes"]) == ["lazy", "none", "overclaim"]
     assert summary["detection"]["node:lazy"]["recall"] == 1.0
     assert summary["detection"]["node:overclaim"]["recall"] == 1.0

@@ -10,106 +10,42 @@ that no child process outlived it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import clickhouse_connect
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from web3 import Web3
 
 from pipelines.chain.contracts import compile_project
+from tests.integration.stackrun import UpRun, vigil_up, wait_for
 
 pytestmark = pytest.mark.integration
 
 DURATION_S = 95
 
 
-@dataclass
-class Run:
-    proc: subprocess.Popen[bytes]
-    data_dir: Path
-    summary_path: Path
-    manifest: dict[str, Any]
-    log_path: Path
-
-    def clickhouse(self) -> Any:
-        url = self.manifest["clickhouse_url"].removeprefix("http://")
-        host, port = url.split(":")
-        return clickhouse_connect.get_client(host=host, port=int(port), database="vigil")
-
-    def finish(self, timeout: float = DURATION_S + 120) -> dict[str, Any]:
-        self.proc.wait(timeout=timeout)
-        out = self.log_path.read_text(errors="replace")
-        assert self.proc.returncode == 0, out[-4000:]
-        return json.loads(self.summary_path.read_text())
-
-
-def _wait_for(fn: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = fn()
-            if last:
-                return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    d = tmp_path_factory.mktemp("stack")
-    log_path = d / "vigil-up.log"
-    summary = d / "summary.json"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipelines.cli",
-                "up",
-                "--data-dir",
-                str(d / "data"),
-                "--duration",
-                str(DURATION_S),
-                "--summary-json",
-                str(summary),
-                "--traffic",
-                "demo",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "COLUMNS": "200"},
-        )
-    try:
-        manifest_path = d / "data" / "stack.json"
-        _wait_for(lambda: manifest_path.exists() or proc.poll() is not None, 240, "stack.json")
-        if proc.poll() is not None:
-            pytest.fail(f"vigil up exited early:\n{log_path.read_text()[-4000:]}")
-        manifest = json.loads(manifest_path.read_text())
-        yield Run(proc, d / "data", summary, manifest, log_path)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpRun]:
+    with vigil_up(
+        tmp_path_factory.mktemp("stack"),
+        "--duration",
+        str(DURATION_S),
+        "--traffic",
+        "demo",
+        start_timeout=240,
+    ) as r:
+        yield r
 
 
-def test_manifest_names_every_endpoint(run: Run) -> None:
+def test_manifest_names_every_endpoint(run: UpRun) -> None:
     for key in ("kafka_bootstrap", "rpc_url", "clickhouse_url", "contracts", "nodes"):
         assert key in run.manifest
     assert Web3.is_checksum_address(run.manifest["contracts"]["NodeRegistry"])
 
 
-def test_malformed_message_goes_to_dlq_and_pipeline_keeps_going(run: Run) -> None:
+def test_malformed_message_goes_to_dlq_and_pipeline_keeps_going(run: UpRun) -> None:
     bootstrap = run.manifest["kafka_bootstrap"]
     bad = [b"{not json", b'{"schema_version": 99, "txs": []}', b"\x00\xff garbage"]
 
@@ -124,7 +60,7 @@ def test_malformed_message_goes_to_dlq_and_pipeline_keeps_going(run: Run) -> Non
 
     asyncio.run(produce())
     ch = run.clickhouse()
-    rows = _wait_for(
+    rows = wait_for(
         lambda: (
             ch.query("SELECT reason, raw FROM dlq FINAL WHERE topic = 'chain.tx.v1'").result_rows
             if len(ch.query("SELECT 1 FROM dlq").result_rows) >= 3
@@ -156,18 +92,18 @@ def test_malformed_message_goes_to_dlq_and_pipeline_keeps_going(run: Run) -> Non
     assert all(d["reason"] for d in dead)
     # the worker keeps going: new transactions are still ingested after the bad ones
     before = ch.query("SELECT count() FROM transactions").result_rows[0][0]
-    _wait_for(
+    wait_for(
         lambda: ch.query("SELECT count() FROM transactions").result_rows[0][0] > before,
         30,
         "more transactions after the malformed ones",
     )
 
 
-def test_bot_is_alerted_and_throttled_on_chain(run: Run) -> None:
+def test_bot_is_alerted_and_throttled_on_chain(run: UpRun) -> None:
     ch = run.clickhouse()
     labels = json.loads((run.data_dir / "traffic" / "labels.json").read_text())
     bot = next(a for a, lab in labels.items() if lab == "hf_bot")
-    action = _wait_for(
+    action = wait_for(
         lambda: (
             ch.query(
                 "SELECT target, tx_hash, evidence_hash FROM actions FINAL WHERE kind = 'throttle'"
@@ -198,8 +134,8 @@ def test_bot_is_alerted_and_throttled_on_chain(run: Run) -> None:
     assert json.loads(doc)["entity"] == bot
 
 
-def test_summary_and_clean_shutdown(run: Run) -> None:
-    summary = run.finish()
+def test_summary_and_clean_shutdown(run: UpRun) -> None:
+    summary = run.finish(timeout=DURATION_S + 120)
     assert summary["transactions_ingested"] > 0
     assert summary["transactions_scored"] > 0
     assert summary["alerts"].get("bot", 0) >= 1
