@@ -96,25 +96,55 @@ from pipelines.settings import Settings
 from pipelines.storage import rows
 from pipelines.storage.client import connect
 from pipelines.storage.schema import TABLE_COLUMNS
+from pipelines.storage.writer import BatchedWriter
 
 log = logging.getLogger(__name__)
 
 
 class Sink:
-    """ClickHouse writes for one agent (its own client: clients are not shared)."""
+    """ClickHouse writes for one agent: durable before the event is acknowledged.
 
-    def __init__(self, settings: Settings) -> None:
-        self.client = connect(
-            settings.clickhouse_url,
-            settings.clickhouse_user,
-            settings.clickhouse_password.get_secret_value(),
-            settings.clickhouse_database,
+    Each table gets a `BatchedWriter` that inserts at once or, while ClickHouse is
+    down, spools the rows to disk (fsynced) and replays them in order later, with
+    dedup tokens so every row lands exactly once. Either way the rows are safe when
+    `insert` returns, so the agent may ack the event. Reads use a separate client.
+    """
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.settings = settings
+        self.spool_dir = settings.data_dir / "spool" / name
+        self.client = self._connect()
+        self.writers: dict[str, BatchedWriter] = {}
+
+    def _connect(self) -> Any:
+        s = self.settings
+        return connect(
+            s.clickhouse_url,
+            s.clickhouse_user,
+            s.clickhouse_password.get_secret_value(),
+            s.clickhouse_database,
         )
 
     def insert(self, table: str, data: list[list[Any]]) -> None:
-        if data:
+        if not data:
+            return
+        writer = self.writers.get(table)
+        if writer is None:
             columns = REPUTATION_COLUMNS if table == "reputation" else TABLE_COLUMNS[table]
-            self.client.insert(table, data, column_names=columns)
+            writer = self.writers[table] = BatchedWriter(
+                self._connect,
+                table,
+                columns,
+                database=self.settings.clickhouse_database,
+                max_rows=100_000,
+                max_delay_s=1.0,
+                spool_dir=self.spool_dir,
+            )
+        writer.add(data)
+        if not writer.flush(timeout=0):
+            log.warning(
+                "ClickHouse unavailable: %d %s rows spooled to %s", len(data), table, self.spool_dir
+            )
 
 
 def alert_record(a: Alert) -> AlertRecord:
@@ -296,7 +326,7 @@ def _transaction_agents(ctx: Context) -> None:
 
     @app.agent(ctx.topic(TOPIC_CHAIN_TX), name="score-transactions")
     async def score_transactions(stream: faust.StreamT) -> None:
-        sink = await ctx.call(Sink, settings)
+        sink = await ctx.call(Sink, settings, "transactions")
         async for event in stream.events():
             ctx.counters["events"] += 1
             try:
@@ -347,7 +377,7 @@ def _transaction_agents(ctx: Context) -> None:
     @app.agent(ctx.topic(TOPIC_CHAIN_REORG), name="apply-reorgs")
     async def apply_reorgs(stream: faust.StreamT) -> None:
         """Retract what a reorg orphaned: hidden in ClickHouse, gone from sender windows."""
-        sink = await ctx.call(Sink, settings)
+        sink = await ctx.call(Sink, settings, "reorgs")
         async for event in stream.events():
             try:
                 reorg = decode_reorg(event.value)
@@ -442,7 +472,7 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
 
     @app.agent(ctx.topic(TOPIC_TELEMETRY), name="node-telemetry")
     async def node_telemetry(stream: faust.StreamT) -> None:
-        sink = await ctx.call(Sink, settings)  # one ClickHouse client per agent
+        sink = await ctx.call(Sink, settings, "telemetry")  # one ClickHouse client per agent
         async for event in stream.events():
 
             async def step(s: Sink, event: Any = event) -> None:
@@ -476,7 +506,7 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
 
     @app.agent(ctx.topic(TOPIC_CHALLENGES), name="node-challenges")
     async def node_challenges(stream: faust.StreamT) -> None:
-        sink = await ctx.call(Sink, settings)
+        sink = await ctx.call(Sink, settings, "challenges")
         async for event in stream.events():
 
             async def step(s: Sink, event: Any = event) -> None:
@@ -495,7 +525,7 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
 
     @app.agent(ctx.topic(TOPIC_NODE_CLAIMS), name="node-claims")
     async def node_claims(stream: faust.StreamT) -> None:
-        sink = await ctx.call(Sink, settings)
+        sink = await ctx.call(Sink, settings, "claims")
         async for event in stream.events():
 
             async def step(s: Sink, event: Any = event) -> None:
@@ -516,7 +546,7 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
     async def heartbeat_watch() -> None:
         """Heartbeat loss is the absence of events, so a timer looks for it."""
         if "s" not in timer_sink:
-            timer_sink["s"] = await ctx.call(Sink, settings)
+            timer_sink["s"] = await ctx.call(Sink, settings, "node-timers")
         now = time.time()
         alerts = []
         for node, raw in list(nodes.items()):
@@ -576,7 +606,7 @@ def _enforcement_agents(ctx: Context, reputations: Any) -> None:
 
     @app.agent(ctx.topic(TOPIC_ALERTS), name="enforce")
     async def enforce(stream: faust.StreamT) -> None:
-        sink = await ctx.call(Sink, settings)
+        sink = await ctx.call(Sink, settings, "enforce")
         enforcer = await ctx.call(build_enforcer, settings)
         notifier = notifier_from_settings(settings)
         protected = {a.lower() for a in settings.protected_accounts}
