@@ -102,6 +102,10 @@ def demo(
     )
 
 
+def _short(h: str) -> str:
+    return h if len(h) <= 14 else f"{h[:10]}…"
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     if not s:
         return
@@ -113,12 +117,20 @@ def _print_summary(s: dict[str, Any]) -> None:
     for label, m in s.get("detection", {}).items():
         t.add_row(f"detection {label}", f"precision {m['precision']:.2f}, recall {m['recall']:.2f}")
     out.print(t)
-    for a in s["actions"]:
-        who = f" [cyan]({a['label']})[/]" if "label" in a else ""
-        out.print(
-            f"[bold green]{a['kind']}[/] {a['target']}{who}  tx {a['tx_hash']}  "
-            f"evidence {a['evidence_hash']} ({a['status']})"
-        )
+    if s["actions"]:
+        acts = Table(title="Contract calls made (full hashes in the summary JSON)")
+        for col in ("action", "target", "ground truth", "tx", "evidence", "status"):
+            acts.add_column(col)
+        for a in s["actions"]:
+            acts.add_row(
+                a["kind"],
+                _short(a["target"]),
+                a.get("label", ""),
+                _short(a["tx_hash"]),
+                _short(a["evidence_hash"]),
+                a["status"],
+            )
+        out.print(acts)
     if not s["actions"]:
         out.print("[yellow]no enforcement action was taken[/]")
 
