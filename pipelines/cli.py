@@ -119,15 +119,14 @@ def _print_summary(s: dict[str, Any]) -> None:
     out.print(t)
     if s["actions"]:
         acts = Table(title="Contract calls made (full hashes in the summary JSON)")
-        for col in ("action", "target", "ground truth", "tx", "evidence", "status"):
-            acts.add_column(col)
+        for col in ("action", "target", "ground truth", "tx", "status"):
+            acts.add_column(col, no_wrap=True)
         for a in s["actions"]:
             acts.add_row(
                 a["kind"],
                 _short(a["target"]),
                 a.get("label", ""),
                 _short(a["tx_hash"]),
-                _short(a["evidence_hash"]),
                 a["status"],
             )
         out.print(acts)
