@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from detector.node_rules import (
 from detector.policy import (
     ActionKind,
     ActionLadder,
+    ChainView,
     EnforcementState,
     EntityAlertState,
     Incident,
@@ -52,7 +54,7 @@ from detector.reputation import NodeReputation
 from pipelines.api import REPUTATION_COLUMNS, reputation_row
 from pipelines.chain.contracts import compile_project
 from pipelines.chain.enforcer import ActionResult, Enforcer, load_monitor_account
-from pipelines.chain.reorg import canonical_tx_hashes, retraction_rows
+from pipelines.chain.reorg import canonical_tx_hashes, inclusion_rows, retraction_rows
 from pipelines.governance import (
     incident_alert,
     needs_governance,
@@ -74,8 +76,8 @@ from pipelines.records import (
     ActionRecord,
     AlertRecord,
     ClaimRecord,
-    DeadLetter,
     InvalidMessage,
+    dead_letter_record,
     decode_alert,
     decode_claim,
     decode_reorg,
@@ -116,14 +118,19 @@ class Sink:
         self.client = self._connect()
         self.writers: dict[str, BatchedWriter] = {}
 
-    def _connect(self) -> Any:
+    def _connect(self, retry_for: float = 10.0) -> Any:
         s = self.settings
         return connect(
             s.clickhouse_url,
             s.clickhouse_user,
             s.clickhouse_password.get_secret_value(),
             s.clickhouse_database,
+            retry_for=retry_for,
         )
+
+    def _writer_client(self) -> Any:
+        """No waiting here: the writer has its own backoff and spools meanwhile."""
+        return self._connect(retry_for=0)
 
     def insert(self, table: str, data: list[list[Any]]) -> None:
         if not data:
@@ -132,7 +139,7 @@ class Sink:
         if writer is None:
             columns = REPUTATION_COLUMNS if table == "reputation" else TABLE_COLUMNS[table]
             writer = self.writers[table] = BatchedWriter(
-                self._connect,
+                self._writer_client,
                 table,
                 columns,
                 database=self.settings.clickhouse_database,
@@ -204,6 +211,14 @@ class Context:
     app: faust.App
     topics: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    sinks: dict[str, Sink] = field(default_factory=dict)
+
+    async def sink(self, name: str) -> Sink:
+        """The named agent's sink, created once per worker: a restarted agent reuses it
+        (its writers hold the spool directory's lock, so a second one could not open)."""
+        if name not in self.sinks:
+            self.sinks[name] = await self.call(Sink, self.settings, name)
+        return self.sinks[name]
 
     def topic(self, name: str, partitions: int | None = None) -> Any:
         if name not in self.topics:
@@ -229,18 +244,21 @@ class Context:
         self.counters["dlq"] += 1
         log.warning("%s[%d]@%d -> dlq: %s", topic, msg.partition, msg.offset, reason)
         raw = event.value if isinstance(event.value, bytes) else None
-        rec = DeadLetter(
-            topic=topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            reason=reason,
-            raw=(raw or b"").decode("latin-1"),
-            received_at=now,
-        )
+        rec = dead_letter_record(topic, msg.partition, msg.offset, reason, raw, now)
         await self.call(
             sink.insert, "dlq", [rows.dlq_row(topic, msg.partition, msg.offset, reason, raw, now)]
         )
-        await (await self.topic(dlq_topic(topic), 1).send(key=msg.key, value=rec.dumps()))
+        try:
+            await (await self.topic(dlq_topic(topic), 1).send(key=msg.key, value=rec.dumps()))
+        except Exception:  # the ClickHouse row above already holds it: never crash here
+            self.counters["dlq_send_failed"] = self.counters.get("dlq_send_failed", 0) + 1
+            log.exception(
+                "could not send the dead letter of %s[%d]@%d to %s",
+                topic,
+                msg.partition,
+                msg.offset,
+                dlq_topic(topic),
+            )
 
     async def publish_alerts(self, sink: Sink, alerts: list[Alert]) -> None:
         """Store alerts and their evidence, then hand them to enforcement."""
@@ -326,7 +344,7 @@ def _transaction_agents(ctx: Context) -> None:
 
     @app.agent(ctx.topic(TOPIC_CHAIN_TX), name="score-transactions")
     async def score_transactions(stream: faust.StreamT) -> None:
-        sink = await ctx.call(Sink, settings, "transactions")
+        sink = await ctx.sink("transactions")
         async for event in stream.events():
             ctx.counters["events"] += 1
             try:
@@ -345,7 +363,7 @@ def _transaction_agents(ctx: Context) -> None:
                 await ctx.call(
                     sink.insert,
                     "transactions",
-                    rows.transaction_rows(batch, version=int(now * 1000), ingested_at=now),
+                    inclusion_rows(batch, ingested_at=now),
                 )
                 await ctx.call(
                     sink.insert,
@@ -377,7 +395,7 @@ def _transaction_agents(ctx: Context) -> None:
     @app.agent(ctx.topic(TOPIC_CHAIN_REORG), name="apply-reorgs")
     async def apply_reorgs(stream: faust.StreamT) -> None:
         """Retract what a reorg orphaned: hidden in ClickHouse, gone from sender windows."""
-        sink = await ctx.call(Sink, settings, "reorgs")
+        sink = await ctx.sink("reorgs")
         async for event in stream.events():
             try:
                 reorg = decode_reorg(event.value)
@@ -472,7 +490,7 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
 
     @app.agent(ctx.topic(TOPIC_TELEMETRY), name="node-telemetry")
     async def node_telemetry(stream: faust.StreamT) -> None:
-        sink = await ctx.call(Sink, settings, "telemetry")  # one ClickHouse client per agent
+        sink = await ctx.sink("telemetry")  # one ClickHouse client per agent
         async for event in stream.events():
 
             async def step(s: Sink, event: Any = event) -> None:
@@ -506,7 +524,7 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
 
     @app.agent(ctx.topic(TOPIC_CHALLENGES), name="node-challenges")
     async def node_challenges(stream: faust.StreamT) -> None:
-        sink = await ctx.call(Sink, settings, "challenges")
+        sink = await ctx.sink("challenges")
         async for event in stream.events():
 
             async def step(s: Sink, event: Any = event) -> None:
@@ -525,7 +543,7 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
 
     @app.agent(ctx.topic(TOPIC_NODE_CLAIMS), name="node-claims")
     async def node_claims(stream: faust.StreamT) -> None:
-        sink = await ctx.call(Sink, settings, "claims")
+        sink = await ctx.sink("claims")
         async for event in stream.events():
 
             async def step(s: Sink, event: Any = event) -> None:
@@ -546,7 +564,7 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
     async def heartbeat_watch() -> None:
         """Heartbeat loss is the absence of events, so a timer looks for it."""
         if "s" not in timer_sink:
-            timer_sink["s"] = await ctx.call(Sink, settings, "node-timers")
+            timer_sink["s"] = await ctx.sink("node-timers")
         now = time.time()
         alerts = []
         for node, raw in list(nodes.items()):
@@ -606,11 +624,17 @@ def _enforcement_agents(ctx: Context, reputations: Any) -> None:
 
     @app.agent(ctx.topic(TOPIC_ALERTS), name="enforce")
     async def enforce(stream: faust.StreamT) -> None:
-        sink = await ctx.call(Sink, settings, "enforce")
-        enforcer = await ctx.call(build_enforcer, settings)
+        sink = await ctx.sink("enforce")
+        enforcer = (
+            await ctx.call(build_enforcer, settings)
+            if settings.node_registry_address is not None
+            else None
+        )
+        if enforcer is None:
+            log.warning("no node_registry_address: incidents are recorded, no action is sent")
         notifier = notifier_from_settings(settings)
         protected = {a.lower() for a in settings.protected_accounts}
-        if enforcer.account is not None:  # never act against our own signing key
+        if enforcer is not None and enforcer.account is not None:  # never act against ourselves
             protected.add(enforcer.account.address.lower())
         async for event in stream.events():
             try:
@@ -639,7 +663,11 @@ def _enforcement_agents(ctx: Context, reputations: Any) -> None:
                     log.info("alert about protected account %s: recorded, no action", alert.entity)
                     ctx.counters["protected_skipped"] += 1
                     continue
-                view = await ctx.call(enforcer.chain_view, alert.entity)
+                view = (
+                    await ctx.call(enforcer.chain_view, alert.entity)
+                    if enforcer is not None
+                    else ChainView(head_block=0)
+                )
                 state, decision = ladder.decide(
                     EnforcementState.from_dict(enforcement.get(alert.entity)),
                     Incident(
@@ -661,7 +689,8 @@ def _enforcement_agents(ctx: Context, reputations: Any) -> None:
                         "evidence",
                         [[decision.evidence_hash, alert.entity, doc, rows.ts(alert.created_at)]],
                     )
-                    result = await ctx.call(enforcer.apply, decision)
+                    if enforcer is not None:
+                        result = await ctx.call(enforcer.apply, decision)
                 if result is not None:
                     await ctx.call(
                         sink.insert,
@@ -730,6 +759,11 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run a Faust worker in this process until SIGTERM/SIGINT."""
     from faust.worker import Worker
 
+    # web3 imports py_ecc, which raises the recursion limit to 100,000: a deeply nested
+    # hostile JSON message would then overflow the C stack (a segfault, replayed on every
+    # restart). A sane bound turns it into a RecursionError -> InvalidMessage -> DLQ.
+    sys.setrecursionlimit(min(sys.getrecursionlimit(), 10_000))
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -215,6 +215,7 @@ def _register_subcommands() -> None:
     """Sub-apps that live beside the code they drive."""
     from dashboards.cli import app as dashboards_app
     from models.cli import app as train_app
+    from pipelines.bench_cli import app as bench_app
     from pipelines.eval_cli import app as eval_app
     from pipelines.report import report_command
     from pipelines.simulator.cli import simulate_command
@@ -222,6 +223,7 @@ def _register_subcommands() -> None:
 
     app.add_typer(eval_app, name="eval", help="Measure detectors on labelled data.")
     app.add_typer(train_app, name="train", help="Train sequence models (GPU when present).")
+    app.add_typer(bench_app, name="bench", help="Benchmarks: pipeline and scorer throughput.")
     app.add_typer(dashboards_app, name="dashboards", help="Build or push Grafana dashboards.")
     app.add_typer(storage_app, name="storage", help="ClickHouse DDL and read-only user SQL.")
     app.command("report")(report_command)

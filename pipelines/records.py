@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ TOPIC_GOVERNANCE_ALERTS = "governance.alerts.v1"
 #: Retractions: the transactions of blocks a reorg orphaned (one message per sender shard,
 #: keyed like `chain.tx.v1` so the same worker holds the senders' state).
 TOPIC_CHAIN_REORG = "chain.reorg.v1"
+_SAFE_RECURSION = 10_000
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_TXS_PER_BATCH = 50_000
 
@@ -224,7 +226,12 @@ class GovernanceAlertRecord(faust.Record, serializer="json", namespace="vigil.go
 
 
 class DeadLetter(faust.Record, serializer="json", namespace="vigil.dlq.v1"):
-    """`<topic>.dlq` value: the original bytes (latin-1 text) and why they were refused."""
+    """`<topic>.dlq` value: the original bytes (latin-1 text) and why they were refused.
+
+    `raw` holds at most `DLQ_RAW_MAX` bytes so the record always fits a Kafka message
+    (JSON escaping can grow latin-1 text six-fold); `raw_size` and `raw_sha256` name
+    the whole original, which the ClickHouse `dlq` table and the source topic keep.
+    """
 
     topic: str
     partition: int
@@ -232,6 +239,30 @@ class DeadLetter(faust.Record, serializer="json", namespace="vigil.dlq.v1"):
     reason: str
     raw: str
     received_at: float
+    raw_size: int = 0
+    raw_sha256: str = ""
+
+
+DLQ_RAW_MAX = 64 * 1024
+
+
+def dead_letter_record(
+    topic: str, partition: int, offset: int, reason: str, raw: bytes | None, received_at: float
+) -> DeadLetter:
+    """The DLQ record of one refused message, bounded in size whatever the input."""
+    import hashlib
+
+    data = raw or b""
+    return DeadLetter(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        reason=reason[:1000],
+        raw=data[:DLQ_RAW_MAX].decode("latin-1"),
+        received_at=received_at,
+        raw_size=len(data),
+        raw_sha256=hashlib.sha256(data).hexdigest(),
+    )
 
 
 # ----------------------------------------------------------------------- decoding
@@ -275,10 +306,15 @@ def _match(d: dict[str, Any], key: str, pattern: re.Pattern[str], what: str) -> 
 def _parse_json(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidMessage(f"message too large: {len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+    if sys.getrecursionlimit() > _SAFE_RECURSION:
+        # web3 imports py_ecc, which raises the limit to 100,000: deeply nested hostile
+        # JSON would then overflow the C stack (a segfault, replayed after each restart)
+        # instead of raising RecursionError, which is refused below like any bad JSON.
+        sys.setrecursionlimit(_SAFE_RECURSION)
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidMessage(f"not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # bad JSON/UTF-8, huge ints, deep nesting
+        raise InvalidMessage(f"not valid JSON: {str(e)[:200]}") from None
     if not isinstance(obj, dict):
         raise InvalidMessage(f"expected a JSON object, got {type(obj).__name__}")
     return obj
