@@ -9,6 +9,7 @@ worker must never stop. The bad messages come from a seeded generator
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -16,7 +17,7 @@ import time
 
 import pytest
 
-from pipelines.records import InvalidMessage, decode_tx_batch
+from pipelines.records import DLQ_RAW_MAX, InvalidMessage, decode_tx_batch
 from tests.drills.conftest import DrillStack, TxPlan, wait_for
 from tests.drills.hostile import HostileGenerator
 
@@ -71,8 +72,12 @@ def test_hostile_messages_all_dead_lettered_good_ones_processed(
     assert len(dead) == len(bad)
     docs = [json.loads(m.value) for m in dead]
     assert all(d["reason"] and d["topic"] == "chain.tx.v1" for d in docs)
-    sent = sorted((v or b"") for _, (_, v) in bad)
-    assert sorted(d["raw"].encode("latin-1") for d in docs) == sent  # the original bytes
+    originals = [(v or b"") for _, (_, v) in bad]
+    # the original bytes, bounded: at most DLQ_RAW_MAX of them inline, with the size and
+    # sha256 of the whole message (so the record always fits a Kafka message)
+    got = sorted((d["raw"].encode("latin-1"), d["raw_size"], d["raw_sha256"]) for d in docs)
+    want = sorted((o[:DLQ_RAW_MAX], len(o), hashlib.sha256(o).hexdigest()) for o in originals)
+    assert got == want
     h = st.health()
     assert h["dlq"] == len(bad)
 
