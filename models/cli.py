@@ -100,24 +100,20 @@ def train_tx(
     threads: ThreadsOpt = None,
 ) -> None:
     """Per-address transaction sequences -> bot/sybil probability."""
-    import torch
-
-    from models.data.modules import TxDataConfig
-    from models.data.tx import TX_FAMILIES
-    from models.train import TrainConfig, train_tx_model
-
-    _quiet_lightning()
-    if threads:
-        torch.set_num_threads(threads)
-    data = TxDataConfig(
+    _train(
+        "tx",
+        out=out,
+        epochs=epochs,
+        batch_size=batch_size,
+        hidden=hidden,
+        lr=lr,
+        seed=seed,
         n_normal=n_normal,
         n_per_family=n_per_family,
-        families=_families(TX_FAMILIES, exclude or []),
-        seed=seed,
+        exclude=exclude or [],
+        device=device,
+        threads=threads,
     )
-    train = TrainConfig(epochs=epochs, batch_size=batch_size, hidden=hidden, lr=lr, seed=seed)
-    result = train_tx_model(out, data=data, train=train, device=device, progress=True)
-    _summary("tx sequence model", result)
 
 
 @app.command("telemetry")
@@ -137,24 +133,69 @@ def train_telemetry(
     threads: ThreadsOpt = None,
 ) -> None:
     """Per-node telemetry sequences -> fault (anomaly) score."""
+    _train(
+        "telemetry",
+        out=out,
+        epochs=epochs,
+        batch_size=batch_size,
+        hidden=hidden,
+        lr=lr,
+        seed=seed,
+        n_normal=n_normal,
+        n_per_family=n_per_family,
+        exclude=exclude or [],
+        device=device,
+        threads=threads,
+    )
+
+
+def _train(
+    kind: str,
+    *,
+    out: Path,
+    epochs: int,
+    batch_size: int,
+    hidden: int,
+    lr: float,
+    seed: int,
+    n_normal: int,
+    n_per_family: int,
+    exclude: list[str],
+    device: str,
+    threads: int | None,
+) -> None:
+    """One training run of the `kind` sequence model, with a rich summary at the end."""
     import torch
 
-    from models.data.modules import TelemetryDataConfig
+    from models.data.modules import TelemetryDataConfig, TxDataConfig
     from models.data.telemetry import NODE_FAMILIES
-    from models.train import TrainConfig, train_telemetry_model
+    from models.data.tx import TX_FAMILIES
+    from models.train import TrainConfig, train_telemetry_model, train_tx_model
 
     _quiet_lightning()
     if threads:
         torch.set_num_threads(threads)
-    data = TelemetryDataConfig(
-        n_normal=n_normal,
-        n_per_family=n_per_family,
-        families=_families(NODE_FAMILIES, exclude or []),
-        seed=seed,
-    )
     train = TrainConfig(epochs=epochs, batch_size=batch_size, hidden=hidden, lr=lr, seed=seed)
-    result = train_telemetry_model(out, data=data, train=train, device=device, progress=True)
-    _summary("telemetry sequence model", result)
+    if kind == "tx":
+        tx_data = TxDataConfig(
+            n_normal=n_normal,
+            n_per_family=n_per_family,
+            families=_families(TX_FAMILIES, exclude),
+            seed=seed,
+        )
+        result = train_tx_model(out, data=tx_data, train=train, device=device, progress=True)
+        _summary("tx sequence model", result)
+    else:
+        node_data = TelemetryDataConfig(
+            n_normal=n_normal,
+            n_per_family=n_per_family,
+            families=_families(NODE_FAMILIES, exclude),
+            seed=seed,
+        )
+        result = train_telemetry_model(
+            out, data=node_data, train=train, device=device, progress=True
+        )
+        _summary("telemetry sequence model", result)
 
 
 @eval_app.command("sequence")
