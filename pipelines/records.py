@@ -320,6 +320,17 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
     return obj
 
 
+def _message(raw: bytes | None) -> dict[str, Any]:
+    """A message's JSON object, checked for presence and schema version (every topic)."""
+    if raw is None:
+        raise InvalidMessage("empty message (null value)")
+    d = _parse_json(raw)
+    version = _require(d, "schema_version", int)
+    if version != SCHEMA_VERSION:
+        raise InvalidMessage(f"unknown schema_version {version} (expected {SCHEMA_VERSION})")
+    return d
+
+
 def _decode_tx(d: Any, block_number: int, block_time: float) -> Tx:
     if not isinstance(d, dict):
         raise InvalidMessage("each tx must be a JSON object")
@@ -529,12 +540,7 @@ def _decode_block(d: dict[str, Any]) -> TxBatch:
 
 def decode_tx_batch(raw: bytes | None) -> TxBatch:
     """Strictly decode one `chain.tx.v1` message or raise `InvalidMessage`."""
-    if raw is None:
-        raise InvalidMessage("empty message (null value)")
-    d = _parse_json(raw)
-    version = _require(d, "schema_version", int)
-    if version != SCHEMA_VERSION:
-        raise InvalidMessage(f"unknown schema_version {version} (expected {SCHEMA_VERSION})")
+    d = _message(raw)
     batch = _decode_block(d)
     batch.version = _opt_nonneg(d, "version")
     return batch
@@ -614,12 +620,7 @@ MAX_ORPHANED_BLOCKS = 4096
 
 def decode_reorg(raw: bytes | None) -> Reorg:
     """Strictly decode one `chain.reorg.v1` message or raise `InvalidMessage`."""
-    if raw is None:
-        raise InvalidMessage("empty message (null value)")
-    d = _parse_json(raw)
-    version = _require(d, "schema_version", int)
-    if version != SCHEMA_VERSION:
-        raise InvalidMessage(f"unknown schema_version {version} (expected {SCHEMA_VERSION})")
+    d = _message(raw)
     blocks_raw = _require(d, "blocks", list)
     if len(blocks_raw) > MAX_ORPHANED_BLOCKS:
         raise InvalidMessage(f"too many orphaned blocks in one message: {len(blocks_raw)}")
@@ -704,12 +705,7 @@ _SEVERITIES = {"low", "medium", "high", "critical"}
 
 def decode_alert(raw: bytes | None) -> AlertView:
     """Strictly decode one `alerts.v1` message or raise `InvalidMessage`."""
-    if raw is None:
-        raise InvalidMessage("empty message (null value)")
-    d = _parse_json(raw)
-    version = _require(d, "schema_version", int)
-    if version != SCHEMA_VERSION:
-        raise InvalidMessage(f"unknown schema_version {version} (expected {SCHEMA_VERSION})")
+    d = _message(raw)
     severity = _require(d, "severity", str)
     if severity not in _SEVERITIES:
         raise InvalidMessage(f"unknown severity {severity[:40]!r}")
@@ -774,18 +770,9 @@ def _node_id(d: dict[str, Any]) -> str:
     return v.lower()
 
 
-def _version(d: dict[str, Any]) -> None:
-    version = _require(d, "schema_version", int)
-    if version != SCHEMA_VERSION:
-        raise InvalidMessage(f"unknown schema_version {version} (expected {SCHEMA_VERSION})")
-
-
 def decode_telemetry(raw: bytes | None) -> TelemetryView:
     """Strictly decode one `node.telemetry.v1` message or raise `InvalidMessage`."""
-    if raw is None:
-        raise InvalidMessage("empty message (null value)")
-    d = _parse_json(raw)
-    _version(d)
+    d = _message(raw)
     kind = _require(d, "kind", str)
     if kind not in _KINDS:
         raise InvalidMessage(f"unknown telemetry kind {kind[:40]!r}")
@@ -816,10 +803,7 @@ class VerdictView:
 
 def decode_verdict(raw: bytes | None) -> VerdictView:
     """Strictly decode one `node.challenges.v1` verdict or raise `InvalidMessage`."""
-    if raw is None:
-        raise InvalidMessage("empty message (null value)")
-    d = _parse_json(raw)
-    _version(d)
+    d = _message(raw)
     cosine = d.get("cosine")
     if cosine is not None and not isinstance(cosine, int | float):
         raise InvalidMessage("field 'cosine' must be a number or null")
@@ -835,10 +819,7 @@ def decode_verdict(raw: bytes | None) -> VerdictView:
 
 def decode_claim(raw: bytes | None) -> ClaimRecord:
     """Strictly decode one `node.claims.v1` message or raise `InvalidMessage`."""
-    if raw is None:
-        raise InvalidMessage("empty message (null value)")
-    d = _parse_json(raw)
-    _version(d)
+    d = _message(raw)
     return ClaimRecord(
         schema_version=SCHEMA_VERSION,
         node=_match(d, "node", _ADDRESS, "an address"),
