@@ -44,12 +44,18 @@ FEATURE_NAMES: tuple[str, ...] = (
     "value_log10_mean",  # log10(1 + mean value in wei): size of the flows
     "zero_value_share",  # share of zero-value txs: pure contract calls
     "value_cv",  # value std / mean: bots send fixed amounts
+    "dust_share",  # share of txs moving a non-zero amount below DUST_WEI: dusting spam
+    "same_block_repeat_share",  # share of steps repeating the previous call in its block:
+    # same block, recipient and selector (sandwich front/back, wash round trips, bursts)
 )
 N_FEATURES = len(FEATURE_NAMES)
 
 #: Below this many events a window reports only its rate (all other features NaN): ratios
 #: and spreads of 1-4 txs are noise, and they made ordinary rare senders look extreme.
 MIN_EVENTS = 5
+
+#: Non-zero values below this (1 gwei worth of wei) are dust: no wallet pays that on purpose.
+DUST_WEI = 1e9
 
 #: Defaults the pipelines use unless configured otherwise.
 DEFAULT_WINDOW_S = 600.0
@@ -381,7 +387,10 @@ def _window_features(
         iat_mean = _msum(gaps, vgap) / ngap
         iat_std = np.sqrt(_msum((gaps - iat_mean[:, None]) ** 2, vgap) / ngap)
         block = col(_BLOCK)
-        same_block = np.count_nonzero((block[:, 1:] == block[:, :-1]) & vgap, axis=1)
+        same_block_steps = (block[:, 1:] == block[:, :-1]) & vgap
+        same_block = np.count_nonzero(same_block_steps, axis=1)
+        to, sel = col(_TO), col(_SEL)
+        repeat = same_block_steps & (to[:, 1:] == to[:, :-1]) & (sel[:, 1:] == sel[:, :-1])
         nonce = col(_NONCE)
         irregular = np.count_nonzero(((nonce[:, 1:] - nonce[:, :-1]) != 1.0) & vgap, axis=1)
         gas = col(_GAS)
@@ -397,8 +406,8 @@ def _window_features(
         out[:, 3] = np.where(ngap >= 1, same_block / ngap, np.nan)
         out[:, 4] = _msum(col(_DIGITS), valid) / cnt
         out[:, 5] = np.where(cnt >= 2, np.where(gas_mean > 0, gas_std / gas_mean, 0.0), np.nan)
-        out[:, 6] = _distinct(col(_TO), valid, lengths) / cnt
-        out[:, 7] = _distinct(col(_SEL), valid, lengths) / cnt
+        out[:, 6] = _distinct(to, valid, lengths) / cnt
+        out[:, 7] = _distinct(sel, valid, lengths) / cnt
         out[:, 8] = np.count_nonzero((col(_STATUS) == 0.0) & valid, axis=1) / cnt
         out[:, 9] = np.where(ngap >= 1, irregular / ngap, np.nan)
         out[:, 10] = np.log10(1.0 + value_mean)
@@ -406,6 +415,8 @@ def _window_features(
         out[:, 12] = np.where(
             cnt >= 2, np.where(value_mean > 0, value_std / value_mean, 0.0), np.nan
         )
+        out[:, 13] = np.count_nonzero((value > 0.0) & (value < DUST_WEI) & valid, axis=1) / cnt
+        out[:, 14] = np.where(ngap >= 1, np.count_nonzero(repeat, axis=1) / ngap, np.nan)
     out[lengths < MIN_EVENTS, 1:] = np.nan
     out[lengths == 0] = np.nan  # an empty window (only from a hand-built dict) says nothing
     return out

@@ -16,11 +16,13 @@ Two layers:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
 from typing import Any
 
 from detector.evidence import evidence_hash
+from detector.sybil import FanoutState
 
 
 class Severity(IntEnum):
@@ -43,20 +45,38 @@ class Severity(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class EntityAlertState:
-    """What the alert policy remembers per entity between events."""
+    """What the alert policy remembers per entity between events.
+
+    `recent` holds the entity's latest hits as bits (bit 0: the latest event), for
+    `AlertPolicy.evidence_window`; `fanout` is the sybil fan-out rule's memory of the
+    entity's plain value transfers (empty for almost every sender). `to_dict` leaves out
+    the fields still at their defaults, so an older dict reads back unchanged.
+    """
 
     last_alert_at: float | None = None
     streak: int = 0  # consecutive scored events at or above the threshold
+    recent: int = 0
+    fanout: FanoutState = FanoutState()
 
-    def to_dict(self) -> dict[str, float | int | None]:
-        return {"last_alert_at": self.last_alert_at, "streak": self.streak}
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"last_alert_at": self.last_alert_at, "streak": self.streak}
+        if self.recent:
+            d["recent"] = self.recent
+        if not self.fanout.empty:
+            d["fanout"] = self.fanout.to_dict()
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, float | int | None] | None) -> EntityAlertState:
+    def from_dict(cls, d: Mapping[str, Any] | None) -> EntityAlertState:
         if not d:
             return cls()
         at = d.get("last_alert_at")
-        return cls(None if at is None else float(at), int(d.get("streak") or 0))
+        return cls(
+            None if at is None else float(at),
+            int(d.get("streak") or 0),
+            int(d.get("recent") or 0),
+            FanoutState.from_dict(d.get("fanout")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +85,15 @@ class AlertPolicy:
 
     - `min_window_txs`: a single odd transaction is not a bot; require a pattern.
     - `min_consecutive`: bots are anomalous persistently, humans only now and then;
-      requiring several consecutive anomalous events cuts false alerts per entity.
+      requiring several anomalous events cuts false alerts per entity. With
+      `evidence_window` n > `min_consecutive`, it takes `min_consecutive` hits among the
+      entity's last n events (evidence accumulates across a short dip under the bar);
+      0 (or <= `min_consecutive`) keeps the strict run of consecutive hits.
+    - A hit is an event that a deterministic rule flagged (`evidence`, see
+      detector.bot_rules; rules carry their own minimum evidence), or one with at least
+      `min_window_txs` in its window whose score reaches the threshold plus
+      `model_margin` (a share of the threshold: a quantile calibrated on a short warm-up
+      is close to its largest score, so a model hit needs a clear excess).
     - `cooldown_s`: one alert per entity per cooldown, so one bot does not raise
       a thousand alerts (time is block time, never the wall clock).
     - `high_margin`: score above threshold by this share of the threshold is HIGH.
@@ -75,6 +103,8 @@ class AlertPolicy:
     min_consecutive: int = 3
     cooldown_s: float = 300.0
     high_margin: float = 0.02
+    evidence_window: int = 0
+    model_margin: float = 0.0
 
     def step(
         self,
@@ -84,16 +114,23 @@ class AlertPolicy:
         threshold: float,
         window_txs: int,
         now: float,
+        evidence: bool = False,
     ) -> tuple[EntityAlertState, Severity | None]:
         """The entity's next state and the severity of the alert to raise (or None)."""
-        if score < threshold or window_txs < self.min_window_txs:
-            return EntityAlertState(state.last_alert_at, 0), None
+        n = max(self.evidence_window, self.min_consecutive)
+        bar = threshold + self.model_margin * abs(threshold)
+        hit = evidence or (score >= bar and window_txs >= self.min_window_txs)
+        recent = ((state.recent << 1) | int(hit)) & ((1 << n) - 1)
+        if not hit:
+            return replace(state, streak=0, recent=recent), None
         streak = state.streak + 1
         cooling = state.last_alert_at is not None and now - state.last_alert_at < self.cooldown_s
-        if streak < self.min_consecutive or cooling:
-            return EntityAlertState(state.last_alert_at, streak), None
+        if recent.bit_count() < self.min_consecutive or cooling:
+            return replace(state, streak=streak, recent=recent), None
         high = score >= threshold + self.high_margin * abs(threshold)
-        return EntityAlertState(now, streak), Severity.HIGH if high else Severity.MEDIUM
+        return replace(state, last_alert_at=now, streak=streak, recent=recent), (
+            Severity.HIGH if high else Severity.MEDIUM
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from detector.bot_rules import BotRules, rule_names
 from detector.evidence import canonical_json, evidence_hash
 from detector.explain import RobustProfile
 from detector.features import FEATURE_NAMES, SenderWindow, featurize
 from detector.iforest import IsolationForestDetector
 from detector.policy import AlertPolicy, EntityAlertState, Severity
+from detector.sybil import FanoutHit, FanoutRule, FanoutState
 from detector.thresholds import QuantileThreshold
 from detector.types import Tx
 from models import registry
@@ -31,8 +33,17 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "tx-iforest"
 DETECTOR_NAME = "tx_iforest"
+#: Alerts whose latest hit came from the deterministic rules alone (detector.bot_rules).
+#: Not "rule:"-prefixed on purpose: behaviour rules are suspicion, not proof.
+RULES_DETECTOR_NAME = "tx_rules"
+FANOUT_DETECTOR_NAME = "sybil_fanout"
 CATEGORY_BOT = "bot"
+CATEGORY_SYBIL = "sybil"
 _RATE = FEATURE_NAMES.index("rate_per_min")
+#: Events over which the policy counts `min_consecutive` hits (see AlertPolicy).
+EVIDENCE_WINDOW = 8
+#: Excess over the forest's threshold (share of it) for a model hit (see AlertPolicy).
+MODEL_MARGIN = 0.06
 
 
 @dataclass
@@ -89,6 +100,9 @@ class ScoringConfig:
     threshold_quantile: float = 0.999
     seed: int = 7
     policy: AlertPolicy = AlertPolicy()
+    rules: BotRules | None = BotRules()  # None: the forest alone
+    fanout: FanoutRule | None = FanoutRule()  # None: no sybil fan-out alerts
+    fanout_severity: Severity = Severity.HIGH
 
     @classmethod
     def from_settings(cls, s: Settings) -> ScoringConfig:
@@ -97,7 +111,12 @@ class ScoringConfig:
             warmup_rows=s.warmup_rows,
             threshold_quantile=s.threshold_quantile,
             seed=s.seed,
-            policy=AlertPolicy(min_window_txs=s.min_window_txs, min_consecutive=s.min_consecutive),
+            policy=AlertPolicy(
+                min_window_txs=s.min_window_txs,
+                min_consecutive=s.min_consecutive,
+                evidence_window=EVIDENCE_WINDOW,
+                model_margin=MODEL_MARGIN,
+            ),
         )
 
 
@@ -144,6 +163,9 @@ class TxScoringCore:
             dict(states), txs, window_s=self.cfg.window_s, max_events=self.cfg.max_events
         )
         result = BatchResult(states=new_states)
+        entity = result.alert_states
+        if self.cfg.fanout is not None:
+            self._fanout(txs, alert_states, result)
         if self.model is None:
             if not self._collect_warmup(txs, rows):
                 return result
@@ -165,31 +187,99 @@ class TxScoringCore:
         if len(txs) == 0:
             return result
         model = self.model
-        scores = model.forest.score(np.asarray(rows))
+        rows = np.asarray(rows)
+        scores = model.forest.score(rows)
+        rules = self.cfg.rules
+        hits = (rules.hits(rows) | rules.tx_hits(txs)).tolist() if rules else [0] * len(txs)
         thr = float(model.threshold.threshold_)
-        entity = result.alert_states
         per_min = 60.0 / self.cfg.window_s
         refs: dict[str, list[str]] = {}
         for tx in txs:
             refs.setdefault(tx.sender, []).append(tx.tx_hash)
-        for tx, row, score in zip(txs, rows, scores, strict=True):
-            result.scored.append(ScoredTx(tx, float(score), thr, row))
+        for tx, row, score, hit in zip(txs, rows, scores.tolist(), hits, strict=True):
+            result.scored.append(ScoredTx(tx, score, thr, row))
             if tx.timestamp < self._alert_from:
                 continue  # rows from before the windows filled are scored, never alerted
             prev = entity.get(tx.sender) or alert_states.get(tx.sender) or EntityAlertState()
             state, severity = self.cfg.policy.step(
                 prev,
-                score=float(score),
+                score=score,
                 threshold=thr,
                 window_txs=int(round(row[_RATE] / per_min)) if np.isfinite(row[_RATE]) else 0,
                 now=tx.timestamp,
+                evidence=bool(hit),
             )
             entity[tx.sender] = state
             if severity is not None:
                 result.alerts.append(
-                    self._alert(tx, row, float(score), thr, severity, refs[tx.sender][-20:])
+                    self._alert(tx, row, score, thr, severity, refs[tx.sender][-20:], hit)
                 )
         return result
+
+    def _fanout(
+        self, txs: list[Tx], alert_states: Mapping[str, EntityAlertState], result: BatchResult
+    ) -> None:
+        """Step the sybil fan-out rule over the batch's plain value transfers; alerts name
+        the funder once per episode and each funded wallet once."""
+        rule = self.cfg.fanout
+        assert rule is not None
+        entity = result.alert_states
+        for tx in txs:
+            if tx.selector or tx.value_wei <= 0 or not tx.status:
+                continue  # only plain, successful value transfers fund wallets
+            prev = entity.get(tx.sender) or alert_states.get(tx.sender) or EntityAlertState()
+            fan, hit = rule.step(
+                prev.fanout, sender=tx.sender, to=tx.to, value=tx.value_wei, ts=tx.timestamp
+            )
+            if fan != prev.fanout:
+                entity[tx.sender] = replace(prev, fanout=fan)
+            if hit is not None:
+                if hit.funder is not None:
+                    result.alerts.append(self._fanout_alert(tx, hit, hit.funder, "funder", fan))
+                for w in hit.wallets:
+                    result.alerts.append(self._fanout_alert(tx, hit, w, "funded_wallet", fan))
+
+    def _fanout_alert(
+        self, tx: Tx, hit: FanoutHit, entity: str, role: str, fan: FanoutState
+    ) -> Alert:
+        rule = self.cfg.fanout
+        assert rule is not None
+        doc: dict[str, Any] = {
+            "entity": entity,
+            "category": CATEGORY_SYBIL,
+            "detector": FANOUT_DETECTOR_NAME,
+            "role": role,
+            "funder": tx.sender,
+            "recipients": hit.recipients,
+            "amount_wei": str(hit.ref_value),
+            "rel_tol": rule.rel_tol,
+            "horizon_s": rule.horizon_s,
+            "funded": [[t, to] for t, to, _ in fan.cluster][-64:],
+            "tx_refs": [tx.tx_hash],
+            "block_number": tx.block_number,
+        }
+        h = evidence_hash(doc)
+        return Alert(
+            alert_id=h[2:34],
+            entity=entity,
+            category=CATEGORY_SYBIL,
+            severity=self.cfg.fanout_severity.label,
+            detector=FANOUT_DETECTOR_NAME,
+            score=float(hit.recipients),
+            threshold=float(rule.min_recipients),
+            evidence_hash=h,
+            evidence=canonical_json(doc),
+            explanation=json.dumps(
+                {
+                    "summary": f"{role} of an equal-amount fan-out: {tx.sender} sent "
+                    f"{hit.ref_value} wei (+-{rule.rel_tol:g}) to {hit.recipients} distinct "
+                    f"recipients within {rule.horizon_s:g}s",
+                }
+            ),
+            tx_hash=tx.tx_hash,
+            block_number=tx.block_number,
+            created_at=tx.timestamp,
+        )
 
     def _collect_warmup(self, txs: list[Tx], rows: np.ndarray) -> bool:
         """Buffer rows until `warmup_rows` steady-state rows are in; True when ready.
@@ -214,13 +304,16 @@ class TxScoringCore:
         thr: float,
         severity: Severity,
         recent: list[str],
+        rule_mask: int = 0,
     ) -> Alert:
         assert self.model is not None
         top = self.model.profile.explain(row, k=3)
+        bar = thr + self.cfg.policy.model_margin * abs(thr)
+        detector = DETECTOR_NAME if score >= bar or not rule_mask else RULES_DETECTOR_NAME
         doc: dict[str, Any] = {
             "entity": tx.sender,
             "category": CATEGORY_BOT,
-            "detector": DETECTOR_NAME,
+            "detector": detector,
             "model_version": self.model.version,
             "score": score,
             "threshold": thr,
@@ -228,13 +321,15 @@ class TxScoringCore:
             "tx_refs": recent,
             "block_number": tx.block_number,
         }
+        if rule_mask:
+            doc["rules"] = rule_names(rule_mask)
         h = evidence_hash(doc)
         return Alert(
             alert_id=h[2:34],
             entity=tx.sender,
             category=CATEGORY_BOT,
             severity=severity.label,
-            detector=DETECTOR_NAME,
+            detector=detector,
             score=score,
             threshold=thr,
             evidence_hash=h,
@@ -281,5 +376,15 @@ def load_model(root: Path) -> TxModel | None:
     except registry.ArtifactNotFound:
         return None
     model: TxModel = obj
+    n_in = getattr(model.forest, "n_features_in_", None)
+    if n_in != len(FEATURE_NAMES):
+        log.warning(
+            "stored %s %s has %s features, this code %d: refitting on warm-up",
+            MODEL_NAME,
+            meta.version,
+            n_in,
+            len(FEATURE_NAMES),
+        )
+        return None
     model.version = meta.version
     return model

@@ -76,7 +76,7 @@ def human_stream(seed: int = 0, n: int = 100) -> list[Tx]:
 
 
 def test_feature_names_are_unique_and_match_rows() -> None:
-    assert len(set(FEATURE_NAMES)) == N_FEATURES == 13
+    assert len(set(FEATURE_NAMES)) == N_FEATURES == 15
     assert features(run(bot_stream(10))).shape == (N_FEATURES,)
 
 
