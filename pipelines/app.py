@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faust
 from web3 import Web3
@@ -31,14 +31,17 @@ from web3 import Web3
 from detector.evidence import canonical_json
 from detector.features import FEATURE_NAMES, SenderWindow, remove
 from detector.incidents import IncidentState, merge_alert
+from detector.node_perf import NodeFleet
 from detector.node_rules import (
     NodeState,
     RuleConfig,
+    RuleHit,
     heartbeat_rule,
     observe_claim,
     observe_telemetry,
     observe_verdict,
     overclaim_rule,
+    perf_rules,
     spot_check_rule,
 )
 from detector.policy import (
@@ -77,6 +80,7 @@ from pipelines.records import (
     AlertRecord,
     ClaimRecord,
     InvalidMessage,
+    TxBatch,
     dead_letter_record,
     decode_alert,
     decode_claim,
@@ -99,8 +103,18 @@ from pipelines.storage import rows
 from pipelines.storage.client import connect
 from pipelines.storage.schema import TABLE_COLUMNS
 from pipelines.storage.writer import BatchedWriter
+from pipelines.txstate import StateLog, StateLogError
 
 log = logging.getLogger(__name__)
+
+
+FEATURE_LIST = list(FEATURE_NAMES)
+EMPTY_ALERT_STATE = EntityAlertState().to_dict()
+
+
+def _where(event: Any) -> str:
+    m = event.message
+    return f"{m.topic}[{m.partition}]@{m.offset}"
 
 
 class Sink:
@@ -115,8 +129,16 @@ class Sink:
     def __init__(self, settings: Settings, name: str) -> None:
         self.settings = settings
         self.spool_dir = settings.data_dir / "spool" / name
-        self.client = self._connect()
+        self._client: Any = None
         self.writers: dict[str, BatchedWriter] = {}
+
+    @property
+    def client(self) -> Any:
+        """The read client, connected on first use: a sink created while ClickHouse is
+        down must still take writes (they spool)."""
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
 
     def _connect(self, retry_for: float = 10.0) -> Any:
         s = self.settings
@@ -308,6 +330,7 @@ def build_app(settings: Settings) -> faust.App:
             "reorgs": 0,
             "orphaned_skipped": 0,
             "protected_skipped": 0,
+            "redelivered_skipped": 0,
         },
     )
     for name in DLQ_TOPICS:
@@ -331,9 +354,6 @@ def build_app(settings: Settings) -> faust.App:
 
 def _transaction_agents(ctx: Context) -> None:
     settings, app = ctx.settings, ctx.app
-    parts = settings.topic_partitions
-    windows = app.Table("sender-windows", partitions=parts)
-    alert_state = app.Table("alert-state", partitions=parts)
     cfg = ScoringConfig.from_settings(settings)
     model_root = settings.data_dir / "models"
 
@@ -341,60 +361,116 @@ def _transaction_agents(ctx: Context) -> None:
         save_model(model, model_root, cfg)
 
     core = TxScoringCore(cfg, load_model(model_root), on_fit=persist)
+    state_topic = ctx.topic(f"{settings.app_id}-tx-state")
+
+    async def send_state(partition: int, value: bytes) -> Any:
+        return await state_topic.send(value=value, partition=partition)
+
+    # Per-sender state of the tx path, per source partition (see pipelines/txstate.py).
+    store = StateLog(
+        state_topic.get_topic_name(),
+        settings.kafka_bootstrap,
+        send_state,
+        evict_after_s=2 * cfg.window_s,
+        declare=state_topic.maybe_declare,
+    )
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", ())
+        store.forget(tp.partition for tp in revoked if tp.topic == TOPIC_CHAIN_TX)
+
+    async def score_group(sink: Sink, partition: int, group: list[tuple[Any, TxBatch]]) -> None:
+        """Score the txs of several messages of one partition as one batch: one feature
+        pass, one forest call, one insert per table and one state delta."""
+        async with store.lock(partition):
+            st = await store.state(partition)
+            fresh = [(e, b) for e, b in group if e.message.offset > st.applied_offset]
+            ctx.counters["redelivered_skipped"] += len(group) - len(fresh)
+            if not fresh:  # already fully applied before a crash or rebalance
+                return
+            txs = [tx for _, b in fresh for tx in b.txs]
+            senders = {tx.sender for tx in txs}
+            states = {
+                s: SenderWindow.from_dict(d) if (d := st.windows.get(s)) else None for s in senders
+            }
+            prev = {s: EntityAlertState.from_dict(st.alerts.get(s)) for s in senders}
+            result = core.process(txs, states, prev)
+            now = time.time()
+            version = core.model.version if core.model else ""
+            tx_rows = [r for _, b in fresh for r in inclusion_rows(b, ingested_at=now)]
+            score_rows = rows.score_rows(
+                result.scored, model_version=version, feature_names=FEATURE_LIST, scored_at=now
+            )
+            await asyncio.gather(
+                ctx.call(sink.insert, "transactions", tx_rows),
+                ctx.call(sink.insert, "scores", score_rows),
+            )
+            await ctx.publish_alerts(sink, result.alerts)
+            newest: dict[str, float] = {}
+            for tx in txs:
+                newest[tx.sender] = max(tx.timestamp, newest.get(tx.sender, tx.timestamp))
+            changed_alerts = {}
+            for s, ast in result.alert_states.items():
+                d = ast.to_dict()
+                if d != (st.alerts.get(s) or EMPTY_ALERT_STATE):  # most senders: no change
+                    changed_alerts[s] = d
+            await store.save(
+                partition,
+                {s: [newest[s], w.to_dict()] for s, w in result.states.items()},
+                changed_alerts,
+                applied_offset=max(e.message.offset for e, _ in fresh),
+                now=max(newest.values(), default=0.0),
+            )
+            ctx.counters["txs"] += len(txs)
+            ctx.counters["scored"] += len(result.scored)
 
     @app.agent(ctx.topic(TOPIC_CHAIN_TX), name="score-transactions")
     async def score_transactions(stream: faust.StreamT) -> None:
+        """Up to `batch_size` messages (each one shard of one block) at a time; events
+        are acked by Faust after the body has written and sent everything for them."""
         sink = await ctx.sink("transactions")
-        async for event in stream.events():
-            ctx.counters["events"] += 1
-            try:
-                batch = decode_tx_batch(event.value)
-            except InvalidMessage as e:
-                await ctx.dead_letter(sink, TOPIC_CHAIN_TX, event, str(e))
-                continue
-            try:
-                senders = {tx.sender for tx in batch.txs}
-                stored = {s: windows.get(s) for s in senders}
-                states = {s: SenderWindow.from_dict(d) if d else None for s, d in stored.items()}
-                prev = {s: EntityAlertState.from_dict(alert_state.get(s)) for s in senders}
-                result = core.process(batch.txs, states, prev)
-                now = time.time()
-                version = core.model.version if core.model else ""
-                await ctx.call(
-                    sink.insert,
-                    "transactions",
-                    inclusion_rows(batch, ingested_at=now),
-                )
-                await ctx.call(
-                    sink.insert,
-                    "scores",
-                    rows.score_rows(
-                        result.scored,
-                        model_version=version,
-                        feature_names=list(FEATURE_NAMES),
-                        scored_at=now,
-                    ),
-                )
-                await ctx.publish_alerts(sink, result.alerts)
-                for s, st in result.states.items():
-                    windows[s] = st.to_dict()
-                for s, ast in result.alert_states.items():
-                    alert_state[s] = ast.to_dict()
-            except Exception as e:  # never stop the stream on one bad event
-                log.exception(
-                    "processing failed for %s[%d]@%d",
-                    event.message.topic,
-                    event.message.partition,
-                    event.message.offset,
-                )
-                await ctx.dead_letter(sink, TOPIC_CHAIN_TX, event, f"processing error: {e!r}")
-                continue
-            ctx.counters["txs"] += len(batch.txs)
-            ctx.counters["scored"] += len(result.scored)
+        take = cast(faust.Stream, stream).take_events  # StreamT does not declare it
+        async for events in take(settings.batch_size, within=settings.batch_within_s):
+            by_partition: dict[int, list[tuple[Any, TxBatch]]] = {}
+            for event in events:
+                ctx.counters["events"] += 1
+                try:
+                    batch = decode_tx_batch(event.value)
+                except InvalidMessage as e:
+                    await ctx.dead_letter(sink, TOPIC_CHAIN_TX, event, str(e))
+                    continue
+                by_partition.setdefault(event.message.partition, []).append((event, batch))
+            for partition, group in by_partition.items():
+                try:
+                    await score_group(sink, partition, group)
+                except StateLogError:
+                    raise  # state cannot be kept safely: stop rather than guess
+                except Exception as e:
+                    if len(group) == 1:  # never stop the stream on one bad event
+                        log.exception("processing failed for %s", _where(group[0][0]))
+                        await ctx.dead_letter(
+                            sink, TOPIC_CHAIN_TX, group[0][0], f"processing error: {e!r}"
+                        )
+                        continue
+                    log.exception("a batch of %d failed; retrying one by one", len(group))
+                    for item in group:  # isolates the failing message; sinks are idempotent
+                        try:
+                            await score_group(sink, partition, [item])
+                        except StateLogError:
+                            raise
+                        except Exception as e1:
+                            log.exception("processing failed for %s", _where(item[0]))
+                            await ctx.dead_letter(
+                                sink, TOPIC_CHAIN_TX, item[0], f"processing error: {e1!r}"
+                            )
 
     @app.agent(ctx.topic(TOPIC_CHAIN_REORG), name="apply-reorgs")
     async def apply_reorgs(stream: faust.StreamT) -> None:
-        """Retract what a reorg orphaned: hidden in ClickHouse, gone from sender windows."""
+        """Retract what a reorg orphaned: hidden in ClickHouse, gone from sender windows.
+
+        `chain.reorg.v1` is keyed by shard like `chain.tx.v1` and has as many
+        partitions, so Faust assigns both topics' partition p to the same worker."""
         sink = await ctx.sink("reorgs")
         async for event in stream.events():
             try:
@@ -402,13 +478,23 @@ def _transaction_agents(ctx: Context) -> None:
                 await ctx.call(
                     sink.insert, "transactions", retraction_rows(reorg, ingested_at=time.time())
                 )
-                for sender, hashes in reorg.tx_hashes_by_sender().items():
-                    stored = windows.get(sender)
-                    if stored:
-                        windows[sender] = remove(SenderWindow.from_dict(stored), hashes).to_dict()
+                partition = event.message.partition
+                async with store.lock(partition):
+                    st = await store.state(partition)
+                    changed = {}
+                    for sender, hashes in reorg.tx_hashes_by_sender().items():
+                        stored = st.windows.get(sender)
+                        if stored:
+                            w = remove(SenderWindow.from_dict(stored), hashes)
+                            changed[sender] = [st.seen.get(sender, 0.0), w.to_dict()]
+                    if changed:
+                        now = max(st.seen.values(), default=0.0)
+                        await store.save(partition, changed, {}, applied_offset=None, now=now)
                 ctx.counters["reorgs"] += 1
             except InvalidMessage as e:
                 await ctx.dead_letter(sink, TOPIC_CHAIN_REORG, event, str(e))
+            except StateLogError:
+                raise
             except Exception as e:
                 log.exception("reorg handling failed")
                 await ctx.dead_letter(sink, TOPIC_CHAIN_REORG, event, f"processing error: {e!r}")
@@ -431,14 +517,26 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
     rule_cfg = RuleConfig(heartbeat_timeout_s=settings.node_heartbeat_timeout_s)
     fired: dict[tuple[str, str], float] = {}  # (node, rule) -> when (alert once per episode)
     last_written: dict[str, float] = {}
+    # Serving-health scores (latency overhead, failure bursts) per node of this worker's
+    # partitions, against the medians of those nodes; soft evidence only. In memory: after a
+    # restart each node's baseline is learnt again from its next records.
+    fleet = NodeFleet()
 
-    async def check_rules(s: Sink, node: str, state: NodeState, at: float) -> None:
+    def rule_alerts(node: str, state: NodeState, at: float) -> list[Alert]:
+        """Rule hits on `state` (may update its overclaim grace clock: store it after)."""
+        hits: list[RuleHit | None] = [
+            spot_check_rule(state, rule_cfg),
+            overclaim_rule(state, rule_cfg, at),
+        ]
+        score = fleet.score(node)
+        if score is not None:
+            hits += perf_rules(score, rule_cfg)
         alerts = []
-        for hit in (spot_check_rule(state, rule_cfg), overclaim_rule(state, rule_cfg)):
+        for hit in hits:
             if hit is not None and (node, hit.rule) not in fired:
                 fired[(node, hit.rule)] = at
                 alerts.append(node_alert(node, hit, at))
-        await ctx.publish_alerts(s, alerts)
+        return alerts
 
     async def write_reputation(s: Sink, node: str, rep: NodeReputation, at: float) -> None:
         if at - last_written.get(node, 0.0) < settings.reputation_write_interval_s:
@@ -472,9 +570,10 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
             rep = on_rep(rep)
             reputations[node] = rep.to_dict()
             await write_reputation(s, node, rep, at)
+        alerts = rule_alerts(node, state, at)
         nodes[node] = state.to_dict()
         ctx.counters[counter] += 1
-        await check_rules(s, node, state, at)
+        await ctx.publish_alerts(s, alerts)
 
     def uptime(previous: float | None, at: float) -> Callable[[NodeReputation], NodeReputation]:
         """A heartbeat: the intervals missed since the previous one count as down."""
@@ -501,6 +600,17 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
                     fired.pop((t.node_id, "rule:heartbeat"), None)
                     on_rep = uptime(previous, t.ts)
                 else:
+                    failed = t.errors > 0  # a failed batch reports its requests as errors
+                    fleet.learn(
+                        t.node_id,
+                        {
+                            "latency_ms": t.latency_ms,
+                            "tokens": float(t.tokens),
+                            "batches": 0.0 if failed else 1.0,
+                            "failed": 1.0 if failed else 0.0,
+                        },
+                        t=t.ts,
+                    )
                     on_rep = lambda r: r.observe_batch(  # noqa: E731
                         t.ts, t.latency_ms, t.batch_size, t.errors
                     )
@@ -535,7 +645,9 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
                     v.node_id,
                     v.ts,
                     "verdicts",
-                    lambda st: observe_verdict(st, passed=v.passed, request_id=v.request_id),
+                    lambda st: observe_verdict(
+                        st, passed=v.passed, request_id=v.request_id, ts=v.ts
+                    ),
                     lambda r: r.observe_spot_check(v.ts, v.passed),
                 )
 
@@ -548,12 +660,13 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
 
             async def step(s: Sink, event: Any = event) -> None:
                 c = decode_claim(event.value)
+                now = time.time()
                 await update_node(
                     s,
                     c.node,
-                    time.time(),
+                    now,
                     "claims",
-                    lambda st: observe_claim(st, units=c.units, period=c.period),
+                    lambda st: observe_claim(st, units=c.units, period=c.period, ts=now),
                 )
 
             await handle(sink, TOPIC_NODE_CLAIMS, event, step)
@@ -566,12 +679,16 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
         if "s" not in timer_sink:
             timer_sink["s"] = await ctx.sink("node-timers")
         now = time.time()
+        fleet.refresh()  # the medians each node's serving health is compared with
         alerts = []
         for node, raw in list(nodes.items()):
-            hit = heartbeat_rule(NodeState.from_dict(raw), rule_cfg, now)
-            if hit is not None and (node, hit.rule) not in fired:
-                fired[(node, hit.rule)] = now
-                alerts.append(node_alert(node, hit, now))
+            state = NodeState.from_dict(raw)
+            # silence, and a claim excess that outlived its grace without new events
+            # (read only: the grace clock is stored by the event path)
+            for hit in (heartbeat_rule(state, rule_cfg, now), overclaim_rule(state, rule_cfg, now)):
+                if hit is not None and (node, hit.rule) not in fired:
+                    fired[(node, hit.rule)] = now
+                    alerts.append(node_alert(node, hit, now))
         await ctx.publish_alerts(timer_sink["s"], alerts)
 
     cursor_path = settings.data_dir / "claims.cursor"
@@ -766,4 +883,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    # No terminal spinner: at --log-level warning and above Faust would hook it to the
+    # root logger at DEBUG, and every debug call in aiokafka would build a record.
+    worker.spinner = None
     worker.execute_from_commandline()

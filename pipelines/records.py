@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+import orjson
 
 from detector.types import Tx
 
@@ -312,9 +313,12 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
         # instead of raising RecursionError, which is refused below like any bad JSON.
         sys.setrecursionlimit(_SAFE_RECURSION)
     try:
-        obj = json.loads(raw)
-    except (ValueError, RecursionError) as e:  # bad JSON/UTF-8, huge ints, deep nesting
-        raise InvalidMessage(f"not valid JSON: {str(e)[:200]}") from None
+        obj = orjson.loads(raw)  # fast, strict (UTF-8, 64-bit ints, depth <= 1024)
+    except orjson.JSONDecodeError:
+        try:  # what orjson refuses, the standard library decides (and words the error)
+            obj = json.loads(raw)
+        except (ValueError, RecursionError) as e:  # bad JSON/UTF-8, huge ints, deep nesting
+            raise InvalidMessage(f"not valid JSON: {str(e)[:200]}") from None
     if not isinstance(obj, dict):
         raise InvalidMessage(f"expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -355,6 +359,85 @@ def _decode_tx(d: Any, block_number: int, block_time: float) -> Tx:
         status=status,
         block_number=block_number,
         timestamp=block_time,
+    )
+
+
+_U256 = 2**256
+
+
+def _fast_tx(d: Any, block_number: int, block_time: float) -> Tx | None:
+    """`_decode_tx` for the common, valid case in a few checks (the decoder is on the
+    hot path); None sends anything unusual to `_decode_tx`, which names the problem.
+    It accepts nothing `_decode_tx` would refuse and builds the same `Tx`."""
+    try:
+        to, value, status = d["to"], d["value_wei"], d["status"]
+        tx_hash, sender, selector = d["tx_hash"], d["sender"], d["selector"]
+        gas_price, gas, nonce = d["gas_price_wei"], d["gas"], d["nonce"]
+    except (KeyError, TypeError):
+        return None
+    if not (
+        type(to) is str
+        and (not to or _ADDRESS.match(to))
+        and type(value) is str
+        and len(value) <= 78
+        and value.isdigit()
+        and (status == 0 or status == 1)
+        and type(status) is int
+        and type(tx_hash) is str
+        and _HASH.match(tx_hash)
+        and type(sender) is str
+        and _ADDRESS.match(sender)
+        and type(selector) is str
+        and _SELECTOR.match(selector)
+        and type(gas_price) is int
+        and 0 <= gas_price < _U256
+        and type(gas) is int
+        and 0 <= gas < _U256
+        and type(nonce) is int
+        and 0 <= nonce < _U256
+    ):
+        return None
+    return Tx(
+        tx_hash=tx_hash.lower(),
+        sender=sender.lower(),
+        to=to.lower(),
+        value_wei=int(value),
+        gas_price_wei=gas_price,
+        gas=gas,
+        nonce=nonce,
+        selector=selector.lower(),
+        status=status,
+        block_number=block_number,
+        timestamp=block_time,
+    )
+
+
+def _fast_detail(d: dict[str, Any]) -> TxDetail | None:
+    """`_decode_detail` for the common case (receipt numbers, no decoded events)."""
+    gas_used = d.get("gas_used", 0)
+    price = d.get("effective_gas_price_wei", 0)
+    contract = d.get("contract_address", "")
+    method = d.get("method", "")
+    events = d.get("events", [])
+    if not (
+        type(gas_used) is int
+        and 0 <= gas_used < _U256
+        and type(price) is int
+        and 0 <= price < _U256
+        and type(contract) is str
+        and (not contract or _ADDRESS.match(contract))
+        and type(method) is str
+        and len(method) <= 256
+        and type(events) is list
+        and not events
+    ):
+        return None
+    return TxDetail(
+        gas_used=gas_used,
+        effective_gas_price_wei=price,
+        contract_address=contract.lower(),
+        method=method,
+        call_args=_str_map(d, "call_args"),
     )
 
 
@@ -521,11 +604,12 @@ def _decode_block(d: dict[str, Any]) -> TxBatch:
     txs_raw = _require(d, "txs", list)
     if len(txs_raw) > MAX_TXS_PER_BATCH:
         raise InvalidMessage(f"too many txs in one message: {len(txs_raw)}")
-    txs = [_decode_tx(t, block_number, float(block_time)) for t in txs_raw]
+    bt = float(block_time)
+    txs = [_fast_tx(t, block_number, bt) or _decode_tx(t, block_number, bt) for t in txs_raw]
     index = [
         int(t.get("tx_index", 0)) if isinstance(t.get("tx_index", 0), int) else 0 for t in txs_raw
     ]
-    details = [_decode_detail(t) for t in txs_raw]
+    details = [_fast_detail(t) or _decode_detail(t) for t in txs_raw]
     return TxBatch(
         block_number,
         block_hash,

@@ -101,8 +101,12 @@ class Settings(BaseSettings):
     app_id: str = "vigil"
     topic_partitions: int = Field(1, ge=1)
     worker_web_port: int = Field(6066, ge=0, le=65535)
-    batch_size: int = Field(1000, ge=1, description="Events per processing batch.")
-    batch_within_s: float = Field(0.5, gt=0, description="Longest wait to fill a batch.")
+    batch_size: int = Field(
+        64, ge=1, description="chain.tx.v1 messages (block shards) scored as one batch."
+    )
+    batch_within_s: float = Field(
+        0.1, gt=0, description="Longest wait to fill a batch (adds to detection latency)."
+    )
 
     # --- detection -------------------------------------------------------------
     window_s: float = Field(30.0, gt=0, description="Per-sender feature window (seconds).")

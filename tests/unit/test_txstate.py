@@ -1,0 +1,74 @@
+"""The transaction agent's state log: deltas, chunking, crash-cut batches, markers."""
+
+from __future__ import annotations
+
+from pipelines.txstate import PartitionState, encode_delta, encode_marker, replay
+
+
+def _window(n: int) -> dict[str, object]:
+    return {"v": 1, "window_s": 30.0, "n": n, "events": "A" * (n * 100)}
+
+
+def test_a_batch_round_trips_through_the_log() -> None:
+    chunks = encode_delta(
+        "b1",
+        {"0xa": [10.0, _window(1)], "0xb": [12.0, _window(2)]},
+        {"0xa": {"streak": 2}},
+        [],
+        applied_offset=41,
+    )
+    r = replay([*chunks, encode_marker("m")], "m")
+    assert r.found_marker
+    assert r.state.windows == {"0xa": _window(1), "0xb": _window(2)}
+    assert r.state.seen == {"0xa": 10.0, "0xb": 12.0}
+    assert r.state.alerts == {"0xa": {"streak": 2}}
+    assert r.state.applied_offset == 41
+
+
+def test_a_large_batch_is_split_into_chunks_under_the_limit() -> None:
+    windows = {f"0x{i:040x}": [float(i), _window(20)] for i in range(200)}
+    chunks = encode_delta("big", windows, {}, [], applied_offset=7, max_bytes=20_000)
+    assert len(chunks) > 10
+    assert all(len(c) < 25_000 for c in chunks)
+    r = replay([*chunks, encode_marker("m")], "m")
+    assert len(r.state.windows) == 200
+    assert r.state.applied_offset == 7
+
+
+def test_a_batch_cut_short_by_a_crash_is_dropped_whole() -> None:
+    """Applying part of a batch and then reprocessing the batch would count its txs twice
+    for some senders: chunks without their batch's last chunk must not be applied."""
+    first = encode_delta("b1", {"0xa": [1.0, _window(1)]}, {}, [], applied_offset=5)
+    windows = {f"0x{i:040x}": [2.0, _window(20)] for i in range(50)}
+    cut = encode_delta("b2", windows, {}, [], applied_offset=9, max_bytes=10_000)[:-1]
+    r = replay([*first, *cut, encode_marker("m")], "m")
+    assert set(r.state.windows) == {"0xa"}
+    assert r.state.applied_offset == 5
+    assert r.discarded_chunks == len(cut)
+
+
+def test_replay_stops_at_its_own_marker_and_skips_others() -> None:
+    """Everything acknowledged before recovery precedes the recovering worker's marker;
+    what follows it belongs to a later writer."""
+    a = encode_delta("b1", {"0xa": [1.0, _window(1)]}, {}, [], applied_offset=1)
+    b = encode_delta("b2", {"0xb": [2.0, _window(1)]}, {}, [], applied_offset=2)
+    c = encode_delta("b3", {"0xc": [3.0, _window(1)]}, {}, [], applied_offset=3)
+    r = replay([*a, encode_marker("old"), *b, encode_marker("mine"), *c], "mine")
+    assert set(r.state.windows) == {"0xa", "0xb"}
+    assert r.state.applied_offset == 2
+
+
+def test_later_deltas_win_and_evictions_remove_windows() -> None:
+    a = encode_delta("b1", {"0xa": [1.0, _window(1)], "0xb": [1.0, _window(1)]}, {}, [], 1)
+    b = encode_delta("b2", {"0xa": [100.0, _window(3)]}, {}, ["0xb"], 2)
+    r = replay([*a, *b, encode_marker("m")], "m")
+    assert r.state.windows == {"0xa": _window(3)}
+    assert r.state.seen == {"0xa": 100.0}
+
+
+def test_expired_lists_idle_windows_at_most_once_per_horizon() -> None:
+    st = PartitionState()
+    st.apply({"0xa": [0.0, _window(1)], "0xb": [95.0, _window(1)]}, {}, [])
+    assert st.expired(100.0, 60.0) == ["0xa"]
+    assert st.expired(110.0, 60.0) == []  # checked again only a horizon later
+    assert st.expired(170.0, 60.0) == ["0xa", "0xb"]
