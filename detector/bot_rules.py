@@ -13,6 +13,11 @@ that no wallet shows, from the same feature rows (order: `FEATURE_NAMES`):
   30 s windows never reach `MIN_EVENTS`; the policy still wants several of them among
   the sender's latest events.
 
+Gas-price precision is a signal only where wallets quote round prices (legacy pricing,
+as in the simulator). Under EIP-1559 a transaction's effective gas price is base fee
+plus tip, precise to the wei for everyone; `gas_rules_apply` checks the warm-up traffic
+and the scoring core turns the two gas rules off when precise prices are common.
+
 A rule hit is evidence, not a decision: `AlertPolicy` counts it like a score above the
 threshold, so a rule alone still needs several hits in a sender's recent events.
 Rows of windows below `features.MIN_EVENTS` are NaN and never hit.
@@ -32,6 +37,8 @@ _F = {n: i for i, n in enumerate(FEATURE_NAMES)}
 
 #: Rule names in bit order of `BotRules.hits` (bit i set: RULE_NAMES[i] fired).
 RULE_NAMES: tuple[str, ...] = ("dusting", "automated_calls", "machine_gas_call")
+#: Bits of the rules that rest on gas-price precision.
+GAS_RULES_MASK = 0b110
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +48,19 @@ class BotRules:
     dust_share: float = 0.3
     precise_gas_digits: float = 6.0
     max_recipient_ratio: float = 0.5
+    max_precise_share: float = 0.05  # gas rules on only if precise prices are this rare
+
+    def precise_gas_share(self, txs: Sequence[Tx]) -> float:
+        """Share of contract calls in `txs` priced to machine precision (0 if none)."""
+        calls = [t for t in txs if t.selector]
+        if not calls:
+            return 0.0
+        digits = self.precise_gas_digits
+        return sum(_gas_digits(t.gas_price_wei) >= digits for t in calls) / len(calls)
+
+    def gas_rules_apply(self, precise_share: float) -> bool:
+        """Whether precision is rare enough in normal traffic to be evidence at all."""
+        return precise_share <= self.max_precise_share
 
     def hits(self, rows: np.ndarray) -> np.ndarray:
         """Bitmask per row (int64): which rules fired on it (0: none)."""

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from detector.bot_rules import BotRules, rule_names
+from detector.bot_rules import GAS_RULES_MASK, BotRules, rule_names
 from detector.evidence import canonical_json, evidence_hash
 from detector.explain import RobustProfile
 from detector.features import FEATURE_NAMES, SenderWindow, featurize
@@ -56,6 +56,7 @@ class TxModel:
     version: str = ""
     data_fingerprint: str = ""
     warmup_rows: int = 0
+    precise_gas_share: float = 0.0  # of warm-up contract calls (see detector.bot_rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,15 +121,17 @@ class ScoringConfig:
         )
 
 
-def fit_model(rows: np.ndarray, cfg: ScoringConfig) -> TxModel:
-    """Fit forest, threshold and explanation profile on warm-up feature rows."""
+def fit_model(rows: np.ndarray, cfg: ScoringConfig, txs: Sequence[Tx] = ()) -> TxModel:
+    """Fit forest, threshold and explanation profile on warm-up feature rows (and note
+    how common machine-precision gas prices are among the warm-up `txs`)."""
     forest = IsolationForestDetector(n_estimators=100, max_samples=256, seed=cfg.seed)
     forest.fit(rows)
     threshold = QuantileThreshold(q=cfg.threshold_quantile)
     threshold.fit(forest.score(rows))
     profile = RobustProfile(names=FEATURE_NAMES)
     profile.fit(rows)
-    return TxModel(forest, threshold, profile, "", registry.fingerprint(rows), len(rows))
+    share = cfg.rules.precise_gas_share(txs) if cfg.rules is not None else 0.0
+    return TxModel(forest, threshold, profile, "", registry.fingerprint(rows), len(rows), share)
 
 
 class TxScoringCore:
@@ -172,17 +175,23 @@ class TxScoringCore:
             warm_all = np.vstack(self._warm_rows)
             ts = np.array([t.timestamp for t in self._warm_txs])
             steady = ts >= self._alert_from
-            self.model = fit_model(warm_all[steady], self.cfg)
+            steady_txs = [t for t, ok in zip(self._warm_txs, steady, strict=True) if ok]
+            self.model = fit_model(warm_all[steady], self.cfg, steady_txs)
             if self.on_fit is not None:
                 self.on_fit(self.model)
             result.fitted = self.model
             txs, rows = self._warm_txs, warm_all
             self._warm_rows, self._warm_txs = [], []
             log.info(
-                "fitted %s on %d warm-up rows, threshold %.4f",
+                "fitted %s on %d warm-up rows, threshold %.4f; %.0f%% of warm-up calls have "
+                "machine-precision gas prices, so the gas rules are %s",
                 MODEL_NAME,
                 int(steady.sum()),
                 self.model.threshold.threshold_,
+                100 * self.model.precise_gas_share,
+                "on"
+                if self.cfg.rules and self.cfg.rules.gas_rules_apply(self.model.precise_gas_share)
+                else "off",
             )
         if len(txs) == 0:
             return result
@@ -190,7 +199,13 @@ class TxScoringCore:
         rows = np.asarray(rows)
         scores = model.forest.score(rows)
         rules = self.cfg.rules
-        hits = (rules.hits(rows) | rules.tx_hits(txs)).tolist() if rules else [0] * len(txs)
+        if rules is None:
+            hits = [0] * len(txs)
+        else:
+            mask = rules.hits(rows) | rules.tx_hits(txs)
+            if not rules.gas_rules_apply(model.precise_gas_share):
+                mask &= ~GAS_RULES_MASK  # precise prices are normal here: not evidence
+            hits = mask.tolist()
         thr = float(model.threshold.threshold_)
         per_min = 60.0 / self.cfg.window_s
         refs: dict[str, list[str]] = {}
