@@ -388,17 +388,24 @@ def naive_messages(
 
 
 def stage_profile(
-    messages: Sequence[bytes], warmup_rows: int, seed: int
+    messages: Sequence[bytes], warmup_rows: int, seed: int, batch_size: int = 64
 ) -> tuple[dict[str, float], float]:
-    """CPU seconds per stage of the score-transactions body, in this process."""
+    """CPU seconds per stage of the score-transactions body, in this process: the same
+    steps as the agent's `score_group`, on groups of `batch_size` messages, with the
+    worker's garbage-collector settings."""
+    import gc
+
     import numpy as np
 
     import pipelines.scoring as scoring
     from detector.features import FEATURE_NAMES, SenderWindow
     from detector.iforest import IsolationForestDetector
     from detector.policy import EntityAlertState
+    from pipelines.app import EMPTY_ALERT_STATE, tune_gc
+    from pipelines.chain.reorg import inclusion_rows
     from pipelines.records import decode_tx_batch
     from pipelines.storage import rows
+    from pipelines.txstate import PartitionState, encode_delta
 
     cpu: dict[str, float] = dict.fromkeys(
         (
@@ -444,25 +451,27 @@ def stage_profile(
     setattr(scoring, "featurize", timed_featurize)  # noqa: B010 - timing wrappers, restored below
     setattr(scoring, "fit_model", timed_fit)  # noqa: B010
     setattr(IsolationForestDetector, "score", timed_score)  # noqa: B010
+    thresholds = gc.get_threshold()
+    tune_gc()
     try:
         cfg = scoring.ScoringConfig(warmup_rows=warmup_rows, seed=seed)
         core = scoring.TxScoringCore(cfg)
-        windows: dict[str, Any] = {}
-        alert_state: dict[str, Any] = {}
-        for raw in messages:
+        st = PartitionState()
+        for i in range(0, len(messages), batch_size):
             t = time.process_time()
-            batch = decode_tx_batch(raw)
+            group = [decode_tx_batch(raw) for raw in messages[i : i + batch_size]]
             cpu["decode"] += time.process_time() - t
             t = time.process_time()
-            senders = {tx.sender for tx in batch.txs}
+            txs = [tx for b in group for tx in b.txs]
+            senders = {tx.sender for tx in txs}
             states = {
-                s: SenderWindow.from_dict(d) if (d := windows.get(s)) else None for s in senders
+                s: SenderWindow.from_dict(d) if (d := st.windows.get(s)) else None for s in senders
             }
-            prev = {s: EntityAlertState.from_dict(alert_state.get(s)) for s in senders}
+            prev = {s: EntityAlertState.from_dict(st.alerts.get(s)) for s in senders}
             cpu["state_load"] += time.process_time() - t
             before = cpu["featurize"], cpu["forest_score"], fit["s"]
             t = time.process_time()
-            result = core.process(batch.txs, states, prev)
+            result = core.process(txs, states, prev)
             total = time.process_time() - t
             cpu["policy_alerts"] += (
                 total
@@ -472,7 +481,7 @@ def stage_profile(
             )
             t = time.process_time()
             now = time.time()
-            rows.transaction_rows(batch, version=int(now * 1000), ingested_at=now)
+            [r for b in group for r in inclusion_rows(b, ingested_at=now)]
             rows.score_rows(
                 result.scored,
                 model_version="bench",
@@ -483,15 +492,24 @@ def stage_profile(
             rows.evidence_rows(result.alerts)
             cpu["rows"] += time.process_time() - t
             t = time.process_time()
-            for s, st in result.states.items():
-                windows[s] = st.to_dict()
+            newest: dict[str, float] = {}
+            for tx in txs:
+                newest[tx.sender] = max(tx.timestamp, newest.get(tx.sender, tx.timestamp))
+            changed = {}
             for s, ast in result.alert_states.items():
-                alert_state[s] = ast.to_dict()
+                d = ast.to_dict()
+                if d != (st.alerts.get(s) or EMPTY_ALERT_STATE):
+                    changed[s] = d
+            windows = {s: [newest[s], w.to_dict()] for s, w in result.states.items()}
+            encode_delta("bench", windows, changed, [], i)
+            st.apply(windows, changed, [])
             cpu["state_store"] += time.process_time() - t
     finally:
         setattr(scoring, "featurize", real_featurize)  # noqa: B010
         setattr(scoring, "fit_model", real_fit)  # noqa: B010
         setattr(IsolationForestDetector, "score", real_score)  # noqa: B010
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
     return cpu, fit["s"]
 
 
@@ -721,7 +739,7 @@ def run_pipeline_bench(
                 if n_tx >= n_txs and n_sc >= n_txs:
                     done_at = time.time()
                     break
-                time.sleep(0.5)
+                time.sleep(0.1)
             cpu1 = {p.name: _cpu_s(p.pid) for p in procs}
             if done_at is None:
                 res.notes.append(f"full path timed out: {n_tx} txs, {n_sc} scores in ClickHouse")

@@ -262,7 +262,7 @@ ORDER BY t""",
     max(score) AS max,
     max(threshold) AS threshold
 FROM scores
-WHERE $__timeFilter(block_time)
+WHERE $__timeFilter(block_time) AND NOT startsWith(model_version, 'tx_sequence:')
 GROUP BY t
 ORDER BY t""",
                 "Isolation-forest score quantiles per interval against the calibrated threshold.",

@@ -2,7 +2,8 @@
 
 Users talk to the gateway as they would to one node (`POST /v1/embeddings`).
 The gateway routes each request to a node chosen by weight (reputation, recent
-latency, load; see `routing`), skips nodes that are unhealthy or throttled on
+latency, load, its own failed spot checks; see `routing`), skips nodes that are
+unhealthy or throttled on
 chain, and retries on another node when one fails (connection drop, timeout,
 5xx, queue full). Client errors (4xx, a throttled user account) are relayed as
 they are: another node would refuse them too.
@@ -29,7 +30,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from inference_node.commitments import CommitmentError, output_hash
 from inference_node.metrics import PROM_CONTENT_TYPE
 from inference_node.model import Embedder, MiniLMEmbedder
-from inference_node.routing import Candidate, RoutingPolicy, choose, ewma, weights
+from inference_node.routing import (
+    DEFAULT_POLICY,
+    Candidate,
+    RoutingPolicy,
+    choose,
+    ewma,
+    recent_failures,
+    weights,
+)
 from inference_node.settings import DeviceName
 from inference_node.telemetry import KafkaSink, TelemetryBuffer, TelemetrySink
 from inference_node.throttle import ThrottleCache, ThrottleReader
@@ -160,8 +169,17 @@ class GatewaySettings(BaseSettings):
         None, description="Reputation API base URL (GET /v1/nodes); unset: every node 1.0."
     )
     reputation_interval_s: float = Field(10.0, gt=0)
+    # The API serves 0-100; routing works on [0, 1]: scores are divided by this on read.
+    reputation_scale: float = Field(100.0, gt=0, description="Full score of the reputation API.")
     reputation_power: float = Field(2.0, ge=0)
-    min_reputation: float = Field(0.0, ge=0, description="Nodes scored below: never routed to.")
+    min_reputation: float = Field(
+        0.0, ge=0, le=1, description="Fraction of the full score below which: never routed to."
+    )
+    spot_fail_factor: float = Field(
+        0.5, gt=0, le=1, description="Weight multiplier per failed spot check (recent)."
+    )
+    spot_fail_floor: float = Field(0.125, gt=0, le=1, description="Lowest spot-check multiplier.")
+    spot_fail_decay_s: float = Field(300.0, gt=0, description="How long a failed check counts.")
     queue_penalty: float = Field(1.0, ge=0)
     latency_alpha: float = Field(0.2, gt=0, le=1, description="EWMA weight of a new sample.")
     health_interval_s: float = Field(2.0, gt=0)
@@ -233,6 +251,9 @@ class GatewaySettings(BaseSettings):
             reputation_power=self.reputation_power,
             min_reputation=self.min_reputation,
             queue_penalty=self.queue_penalty,
+            spot_fail_factor=self.spot_fail_factor,
+            spot_fail_floor=min(self.spot_fail_floor, self.spot_fail_factor),
+            spot_fail_decay_s=self.spot_fail_decay_s,
         )
 
 
@@ -351,7 +372,8 @@ class NodeState:
         self.discovered = discovered
         self.healthy = False  # until the first probe says otherwise
         self.throttled = False
-        self.reputation = 1.0
+        self.reputation = 1.0  # [0, 1]: the API's 0-100 score / reputation_scale
+        self.spot_failures: deque[float] = deque(maxlen=64)  # when (clock) checks failed here
         self.latency_ms: float | None = None
         self.inflight = 0
         self.queue_depth = 0
@@ -371,7 +393,8 @@ class NodeState:
         """Name in metrics and verdicts: the configured id, else the node's own, else its key."""
         return self.endpoint.id or self.reported_id or self.key
 
-    def candidate(self) -> Candidate:
+    def candidate(self, now: float = 0.0, policy: RoutingPolicy = DEFAULT_POLICY) -> Candidate:
+        """This node as routing sees it at `now` (the gateway's clock)."""
         return Candidate(
             node_id=self.key,
             healthy=self.healthy,
@@ -380,6 +403,7 @@ class NodeState:
             latency_ms=self.latency_ms,
             inflight=self.inflight,
             queue_depth=self.queue_depth,
+            spot_failures=recent_failures(self.spot_failures, now, policy),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -466,10 +490,12 @@ class SpotChecker:
         *,
         embedder: Embedder | None,
         sink: TelemetrySink | None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.client = client
         self.metrics = metrics
+        self.clock = clock  # when a failed check happened, for routing's decay
         self.sampler = SpotCheckSampler(settings.spot_check_rate, settings.seed)
         self.embedder = embedder
         self.verifier: Verifier | None = None
@@ -595,7 +621,7 @@ class SpotChecker:
                     f"challenge unanswered: HTTP {resp.status_code}",
                     False,
                 )
-                self._publish(verdict, "unanswered")
+                self._publish(verdict, "unanswered", node)
                 return
             try:
                 answer = resp.json()
@@ -620,11 +646,14 @@ class SpotChecker:
                     verdict.reason,
                     verdict.hash_ok,
                 )
-            self._publish(verdict, "passed" if verdict.passed else "failed")
+            self._publish(verdict, "passed" if verdict.passed else "failed", node)
 
-    def _publish(self, verdict: Verdict, outcome: str) -> None:
+    def _publish(self, verdict: Verdict, outcome: str, node: NodeState) -> None:
         self.metrics.spot_checks.labels(verdict.node_id, outcome).inc()
         self.recent.append(verdict)
+        if not verdict.passed:
+            # Routing's own, immediate evidence: the node's weight drops for a while.
+            node.spot_failures.append(self.clock())
         if verdict.passed:
             log.debug("spot check %s at %s passed", verdict.request_id, verdict.node_id)
         else:
@@ -682,9 +711,11 @@ class Gateway:
         directory: NodeDirectory | None = None,
         throttle_reader: ThrottleReader | None = None,
         policy: RoutingPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.policy = policy or settings.policy()
+        self.clock = clock
         self.metrics = GatewayMetrics()
         self.rng = random.Random(f"vigil-routing|{settings.seed}")
         static = list(settings.nodes if nodes is None else nodes)
@@ -717,7 +748,7 @@ class Gateway:
             else None
         )
         self.spot = SpotChecker(
-            settings, self.client, self.metrics, embedder=embedder, sink=verdict_sink
+            settings, self.client, self.metrics, embedder=embedder, sink=verdict_sink, clock=clock
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._last_warning: dict[str, float] = {}
@@ -836,14 +867,26 @@ class Gateway:
         await asyncio.gather(*(self._probe(n) for n in list(self.nodes.values())))
 
     async def reputation_once(self) -> None:
-        """Scores from the reputation API; nodes it does not list keep weight 1.0."""
+        """Scores from the reputation API (0-100, every page), as [0, 1] fractions of
+        `reputation_scale`; nodes it does not list keep 1.0."""
         url = str(self.settings.reputation_url).rstrip("/")
         if not url.endswith("/v1/nodes"):
             url += "/v1/nodes"
+        scores: dict[str, float] = {}
         try:
-            resp = await self.client.get(url, timeout=self.settings.health_timeout_s * 5)
-            resp.raise_for_status()
-            scores = parse_reputation(resp.json())
+            for page in range(REPUTATION_MAX_PAGES):
+                resp = await self.client.get(
+                    url,
+                    params={"limit": REPUTATION_PAGE, "offset": page * REPUTATION_PAGE},
+                    timeout=self.settings.health_timeout_s * 5,
+                )
+                resp.raise_for_status()
+                body = resp.json()
+                got = parse_reputation(body, scale=self.settings.reputation_scale)
+                scores.update(got)
+                total = body.get("total") if isinstance(body, dict) else None
+                if not isinstance(total, int) or (page + 1) * REPUTATION_PAGE >= total:
+                    break  # the last page (or an unpaged list)
         except (httpx.HTTPError, ValueError) as exc:
             self._warn("reputation refresh", exc)
             return
@@ -856,7 +899,8 @@ class Gateway:
 
     # ------------------------------------------------------------------ routing
     def candidates(self) -> list[Candidate]:
-        return [n.candidate() for n in self.nodes.values()]
+        now = self.clock()
+        return [n.candidate(now, self.policy) for n in self.nodes.values()]
 
     def pick(self, exclude: set[str]) -> NodeState | None:
         c = choose(self.candidates(), self.rng, self.policy, exclude=exclude)
@@ -969,20 +1013,35 @@ class Gateway:
             m.verdicts_dropped.set(buf.dropped)
 
 
-def parse_reputation(body: Any) -> dict[str, float]:
-    """{node (lower-cased): score} from `GET /v1/nodes`.
+REPUTATION_PAGE = 500  # the API's largest `limit`
+REPUTATION_MAX_PAGES = 20
 
-    Accepts a list of {"node", "score"} objects, optionally wrapped in
-    {"nodes": [...]} or {"data": [...]}; negative scores count as 0.
+
+def parse_reputation(body: Any, *, scale: float = 100.0) -> dict[str, float]:
+    """{node (lower-cased): reputation in [0, 1]} from `GET /v1/nodes`.
+
+    The API's scores run 0-`scale` (100); routing wants fractions, so each score is
+    divided by `scale` and clamped to [0, 1]. Accepts the API's page
+    ({"items": [...], "total": ...}), a bare list of {"node", "score"} objects, or
+    one wrapped in {"nodes": [...]} or {"data": [...]}.
     """
-    items = body.get("nodes", body.get("data", [])) if isinstance(body, dict) else body
+    if scale <= 0:
+        raise ValueError("scale must be > 0")
+    items: Any
+    if isinstance(body, dict):
+        items = next((body[k] for k in ("items", "nodes", "data") if k in body), [])
+    else:
+        items = body
     if not isinstance(items, list):
         raise ValueError("reputation response is not a list of {node, score}")
     out: dict[str, float] = {}
     for item in items:
         if not isinstance(item, dict) or "node" not in item or "score" not in item:
             continue
-        out[str(item["node"]).lower()] = max(0.0, float(item["score"]))
+        score = item["score"]
+        if isinstance(score, bool) or not isinstance(score, int | float):
+            continue  # not a number: treat the node as unscored
+        out[str(item["node"]).lower()] = min(1.0, max(0.0, float(score) / scale))
     return out
 
 
@@ -1103,8 +1162,12 @@ def create_gateway(
         total = sum(w) or 1.0
         return {
             "nodes": [
-                {**n.to_dict(), "weight_share": round(wi / total, 4)}
-                for n, wi in zip(gw.nodes.values(), w, strict=True)
+                {
+                    **n.to_dict(),
+                    "spot_failures": c.spot_failures,
+                    "weight_share": round(wi / total, 4),
+                }
+                for n, c, wi in zip(gw.nodes.values(), cands, w, strict=True)
             ]
         }
 

@@ -36,6 +36,23 @@ log = logging.getLogger(__name__)
 TX_ARTIFACT = "tx_sequence"
 TELEMETRY_ARTIFACT = "telemetry_sequence"
 _VECTOR_VERSIONS = {"tx": TX_VECTOR_VERSION, "telemetry": TELEMETRY_VECTOR_VERSION}
+#: Scores of the dev split's normal entities at these quantiles, stored in an artifact's
+#: metrics by training: a worker's alert threshold at that dev false-positive rate.
+DEV_THRESHOLD_QUANTILES = {"dev_normal_q99": 0.99, "dev_normal_q999": 0.999}
+#: When an artifact has no dev quantiles (older artifacts): P(not normal) >= this.
+FALLBACK_THRESHOLD = 0.5
+
+
+def calibrated_threshold(meta: registry.ArtifactMeta | None, key: str = "dev_normal_q999") -> float:
+    """The artifact's stored dev-normal quantile `key` (0.1 % dev FPR by default), else
+    `dev_normal_q99`, else FALLBACK_THRESHOLD. Calibrated on the training generator's dev
+    normals, not on the traffic the worker sees: a setting can override it."""
+    metrics = meta.metrics if meta is not None else {}
+    for k in (key, "dev_normal_q99"):
+        v = metrics.get(k)
+        if v is not None and np.isfinite(v):
+            return float(v)
+    return FALLBACK_THRESHOLD
 
 
 def resolve_device(device: str) -> torch.device:

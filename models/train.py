@@ -33,7 +33,13 @@ from models.data.modules import (
     TxSequenceDataModule,
 )
 from models.lightning import SequenceClassifierModule
-from models.scorers import TELEMETRY_ARTIFACT, TX_ARTIFACT, make_bundle, resolve_device
+from models.scorers import (
+    DEV_THRESHOLD_QUANTILES,
+    TELEMETRY_ARTIFACT,
+    TX_ARTIFACT,
+    make_bundle,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +134,11 @@ def _dev_metrics(scores: np.ndarray, a: SequenceArrays, normal: str) -> dict[str
         m["dev_roc_auc"] = float(roc_auc_score(y, scores))
         m["dev_average_precision"] = float(average_precision_score(y, scores))
     fam = np.asarray(a.families)
+    normal_scores = scores[fam == normal]
+    if len(normal_scores):
+        # thresholds a worker applies without dev data (models.scorers.calibrated_threshold)
+        for key, q in DEV_THRESHOLD_QUANTILES.items():
+            m[key] = float(np.quantile(normal_scores, q))
     for f in sorted(set(a.families) - {normal}):
         sel = (fam == normal) | (fam == f)
         ys = (fam[sel] == f).astype(int)

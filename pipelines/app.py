@@ -17,6 +17,7 @@ Streams and what they do:
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -64,7 +65,14 @@ from pipelines.governance import (
     notifier_from_settings,
     slash_alert,
 )
-from pipelines.node_side import challenge_row, incident_row, node_alert, telemetry_row
+from pipelines.node_side import (
+    challenge_row,
+    incident_row,
+    node_alert,
+    observe_registration,
+    registration_record,
+    telemetry_row,
+)
 from pipelines.records import (
     DLQ_TOPICS,
     SCHEMA_VERSION,
@@ -75,15 +83,18 @@ from pipelines.records import (
     TOPIC_CHALLENGES,
     TOPIC_GOVERNANCE_ALERTS,
     TOPIC_NODE_CLAIMS,
+    TOPIC_NODE_REGISTRY,
     TOPIC_TELEMETRY,
     ActionRecord,
     AlertRecord,
     ClaimRecord,
     InvalidMessage,
+    RegistrationRecord,
     TxBatch,
     dead_letter_record,
     decode_alert,
     decode_claim,
+    decode_registration,
     decode_reorg,
     decode_telemetry,
     decode_tx_batch,
@@ -402,6 +413,7 @@ def _transaction_agents(ctx: Context) -> None:
             score_rows = rows.score_rows(
                 result.scored, model_version=version, feature_names=FEATURE_LIST, scored_at=now
             )
+            score_rows += rows.sequence_score_rows(result.sequence, scored_at=now)  # if on
             await asyncio.gather(
                 ctx.call(sink.insert, "transactions", tx_rows),
                 ctx.call(sink.insert, "scores", score_rows),
@@ -521,6 +533,7 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
     # partitions, against the medians of those nodes; soft evidence only. In memory: after a
     # restart each node's baseline is learnt again from its next records.
     fleet = NodeFleet()
+    ctx.counters.setdefault("registrations", 0)
 
     def rule_alerts(node: str, state: NodeState, at: float) -> list[Alert]:
         """Rule hits on `state` (may update its overclaim grace clock: store it after)."""
@@ -671,6 +684,22 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
 
             await handle(sink, TOPIC_NODE_CLAIMS, event, step)
 
+    @app.agent(ctx.topic(TOPIC_NODE_REGISTRY), name="node-registry")
+    async def node_registry(stream: faust.StreamT) -> None:
+        """Registrations: a node exists from its registration on, so one that never sends
+        anything is still timed out by the heartbeat rule."""
+        sink = await ctx.sink("registry")
+        async for event in stream.events():
+
+            async def step(s: Sink, event: Any = event) -> None:
+                r = decode_registration(event.value)
+                now = time.time()
+                await update_node(
+                    s, r.node, now, "registrations", lambda st: observe_registration(st, r, now)
+                )
+
+            await handle(sink, TOPIC_NODE_REGISTRY, event, step)
+
     timer_sink: dict[str, Sink] = {}
 
     @app.timer(5.0)
@@ -714,6 +743,39 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
             )
             await ctx.send(TOPIC_NODE_CLAIMS, rec.node, rec.dumps())
         cursor_path.write_text(str(head + 1))
+
+    registry_cursor = settings.data_dir / "registrations.cursor"
+
+    def node_registered(start: int) -> tuple[list[RegistrationRecord], int]:
+        """`NodeRegistered` events from block `start` to the head, with their block times."""
+        w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 10}))
+        head = int(w3.eth.block_number)
+        if head < start:
+            return [], start - 1
+        registry = w3.eth.contract(
+            address=Web3.to_checksum_address(str(settings.node_registry_address)),
+            abi=compile_project()["NodeRegistry"].abi,
+        )
+        times: dict[int, float] = {}
+        out = []
+        for e in registry.events.NodeRegistered.get_logs(from_block=start, to_block=head):
+            n = int(e["blockNumber"])
+            if n not in times:
+                times[n] = float(w3.eth.get_block(n)["timestamp"])
+            out.append(registration_record(e, times[n]))
+        return out, head
+
+    @app.timer(2.0, on_leader=True)
+    async def registry_watch() -> None:
+        """On-chain registrations -> `node.registry.v1` (keyed by node, like telemetry).
+        Replays after a crash are harmless: a registration only moves `first_seen` back."""
+        if settings.node_registry_address is None:
+            return
+        start = int(registry_cursor.read_text()) if registry_cursor.exists() else 0
+        recs, head = await ctx.call(node_registered, start)
+        for rec in recs:
+            await ctx.send(TOPIC_NODE_REGISTRY, rec.node, rec.dumps())
+        registry_cursor.write_text(str(head + 1))
 
 
 def _usage_settled(settings: Settings, start: int) -> tuple[list[Any], int]:
@@ -872,6 +934,15 @@ def _rests_on_orphans(sink: Sink, settings: Settings, evidence: str) -> bool:
     return not canonical_tx_hashes(sink.client, settings.clickhouse_database, refs)
 
 
+def tune_gc() -> None:
+    """Fewer full garbage collections: the worker holds hundreds of thousands of state
+    objects, and with CPython's default thresholds each gen-2 pass walks them all (about
+    a third of the transaction path's CPU in `bench/pipeline_bench.py`'s profile). Objects
+    alive at start-up are frozen out of collection altogether."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run a Faust worker in this process until SIGTERM/SIGINT."""
     from faust.worker import Worker
@@ -882,6 +953,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     sys.setrecursionlimit(min(sys.getrecursionlimit(), 10_000))
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = build_app(settings)
+    tune_gc()
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     # No terminal spinner: at --log-level warning and above Faust would hook it to the
     # root logger at DEBUG, and every debug call in aiokafka would build a record.

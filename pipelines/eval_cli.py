@@ -158,13 +158,30 @@ def scenario(
     nab_data: Annotated[
         Path | None, typer.Option("--nab-data", help="NAB dir for the score timeline plot.")
     ] = None,
+    sequence_artifacts: Annotated[
+        Path | None,
+        typer.Option(
+            "--sequence-artifacts",
+            help="Artifact root with a tx_sequence model (vigil train tx --out DIR): compare "
+            "it with the forest on the same entities (skipped, with a note, when absent).",
+        ),
+    ] = None,
+    dev_seeds: Annotated[
+        str, typer.Option(help="Seeds fixing the forest/sequence thresholds (1 % FPR).")
+    ] = "1-10",
 ) -> None:
     """Simulator scenarios replayed offline: per bot family and node fault figures + plots."""
     from pipelines.scenario_eval import run_scenarios, write_report
 
     seed_list = _parse_seeds(seeds)
     with err.status("replaying scenarios") as status:
-        res = run_scenarios(seed_list, duration, progress=lambda m: status.update(m))
+        res = run_scenarios(
+            seed_list,
+            duration,
+            progress=lambda m: status.update(m),
+            sequence_artifacts=sequence_artifacts,
+            dev_seeds=_parse_seeds(dev_seeds),
+        )
         status.update("writing the report and plots")
         written = write_report(res, out_dir, nab_data or _default_data("nab"))
     if as_json:
@@ -209,4 +226,25 @@ def scenario(
         f"{res.normal_entities} normal users alerted); slash proposals against honest nodes "
         f"{res.honest_slash_proposals} ({res.honest_alerted}/{res.honest_nodes} alerted)[/]"
     )
+    if res.sequence is not None:
+        c = res.sequence
+        st = Table(title=f"Forest vs tx sequence model {c.artifact} (same entities)")
+        for col in ("family", "entities", "AUC forest", "AUC seq", "AUC seq hist", "R forest"):
+            st.add_column(col)
+        st.add_column("R seq")
+        for sr in c.rows:
+            st.add_row(
+                sr.family,
+                str(sr.entities),
+                *(f(sr.roc_auc[k], "{:.3f}") for k in ("forest", "sequence", "sequence_history")),
+                f(sr.recall["forest"]),
+                f(sr.recall["sequence"]),
+            )
+        out.print(st)
+        out.print(
+            f"with sequence evidence: {c.normal_alerted_with_sequence}/{c.normal_entities} "
+            f"normal users alerted, false throttles {c.false_throttles_with_sequence}"
+        )
+    elif sequence_artifacts is None:
+        out.print("forest vs sequence model: skipped (pass --sequence-artifacts DIR)")
     out.print("wrote " + ", ".join(str(p) for p in written.values()))

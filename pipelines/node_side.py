@@ -13,8 +13,8 @@ from typing import Any
 
 from detector.evidence import canonical_json, evidence_hash
 from detector.incidents import IncidentState
-from detector.node_rules import RuleHit
-from pipelines.records import TelemetryView, VerdictView
+from detector.node_rules import NodeState, RuleHit, observe_seen
+from pipelines.records import SCHEMA_VERSION, RegistrationRecord, TelemetryView, VerdictView
 from pipelines.scoring import Alert
 
 CATEGORY_NODE = "node"
@@ -49,6 +49,31 @@ def node_alert(node: str, hit: RuleHit, at: float) -> Alert:
         block_number=0,
         created_at=at,
     )
+
+
+def registration_record(e: Any, block_time: float) -> RegistrationRecord:
+    """A decoded `NodeRegistered` log (web3) -> its `node.registry.v1` record. The node id
+    is the lower-cased identity address, the id its telemetry and verdicts carry."""
+    a = e["args"]
+    tx = e["transactionHash"]
+    return RegistrationRecord(
+        schema_version=SCHEMA_VERSION,
+        node=str(a["node"]).lower(),
+        operator=str(a["operator"]).lower(),
+        block_number=int(e["blockNumber"]),
+        block_time=float(block_time),
+        tx_hash=tx if isinstance(tx, str) else "0x" + bytes(tx).hex(),
+    )
+
+
+def observe_registration(state: NodeState, rec: RegistrationRecord, now: float) -> bool:
+    """A registered node exists from its registration block on, so the heartbeat rule times
+    it out even if it never sends anything. Never later than `now` (a chain clock ahead of
+    ours must not postpone the timeout). False when nothing changed (a replayed event, or a
+    node already seen earlier): idempotent."""
+    before = state.first_seen
+    observe_seen(state, min(rec.block_time, now))
+    return state.first_seen != before
 
 
 def telemetry_row(t: TelemetryView) -> list[Any]:

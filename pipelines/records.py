@@ -809,6 +809,7 @@ def decode_alert(raw: bytes | None) -> AlertView:
 
 TOPIC_CHALLENGES = "node.challenges.v1"
 TOPIC_NODE_CLAIMS = "node.claims.v1"
+TOPIC_NODE_REGISTRY = "node.registry.v1"
 _KINDS = {"batch", "heartbeat"}
 
 
@@ -916,6 +917,31 @@ def decode_claim(raw: bytes | None) -> ClaimRecord:
     )
 
 
+class RegistrationRecord(faust.Record, serializer="json", namespace="vigil.registration.v1"):
+    """`node.registry.v1`: one `NodeRegistered` event, keyed by node address (lower case,
+    the node id telemetry, verdicts and claims use)."""
+
+    schema_version: int
+    node: str
+    operator: str
+    block_number: int
+    block_time: float  # the registration block's timestamp (unix seconds)
+    tx_hash: str
+
+
+def decode_registration(raw: bytes | None) -> RegistrationRecord:
+    """Strictly decode one `node.registry.v1` message or raise `InvalidMessage`."""
+    d = _message(raw)
+    return RegistrationRecord(
+        schema_version=SCHEMA_VERSION,
+        node=_match(d, "node", _ADDRESS, "an address"),  # lower-cased, like every address
+        operator=_match(d, "operator", _ADDRESS, "an address"),
+        block_number=_nonneg(d, "block_number"),
+        block_time=_num(d, "block_time", 0, 2**40),
+        tx_hash=_match(d, "tx_hash", _HASH, "a hash"),
+    )
+
+
 #: Topics whose bad messages go to `<topic>.dlq`.
 DLQ_TOPICS = (
     TOPIC_CHAIN_TX,
@@ -924,4 +950,5 @@ DLQ_TOPICS = (
     TOPIC_TELEMETRY,
     TOPIC_CHALLENGES,
     TOPIC_NODE_CLAIMS,
+    TOPIC_NODE_REGISTRY,
 )

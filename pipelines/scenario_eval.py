@@ -30,9 +30,9 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from eth_utils import keccak
@@ -67,15 +67,21 @@ from models.data.events import T_BATCH_SIZE, T_BATCHES, T_CLAIMED, T_ERRORS, T_H
 from models.data.events import T_TOKENS as T_TOKENS_CH
 from models.data.telemetry import HEARTBEAT_S, NODE_FAMILIES, STEP_S, generate_node_sequences
 from pipelines.node_side import node_alert
-from pipelines.scoring import Alert, ScoringConfig, TxScoringCore
+from pipelines.scoring import Alert, ScoringConfig, TxScoringCore, load_sequence_scorer
 from pipelines.settings import Settings
 from pipelines.simulator import BOT_LABELS, LABEL_NORMAL, Deployment, Plan, SimConfig
 from pipelines.simulator.plan import derive_account
+
+if TYPE_CHECKING:
+    from models.scorers import TxSequenceScorer
 
 log = logging.getLogger(__name__)
 
 #: Seeds no test or tuning uses; the figures in reports/scenario.md come from these.
 HELD_OUT_SEEDS: tuple[int, ...] = (101, 102, 103)
+#: Seeds whose normal entities fix the forest-vs-sequence thresholds (1 % FPR); tests and
+#: tuning use seeds 1-30 too, never the held-out ones.
+DEV_SEEDS: tuple[int, ...] = tuple(range(1, 11))
 #: Block time of block 0 in a replay (any fixed value: only differences matter).
 T0 = 1_700_000_000.0
 NODE_FAULTS: tuple[str, ...] = tuple(f for f in NODE_FAMILIES if f != "honest")
@@ -146,12 +152,20 @@ class ReplayResult:
     first_tx_at: dict[str, float]  # entity -> block time of its first tx
     warmed_up: bool
     scored: int
+    # entity -> highest tx sequence score once windows filled (only with a sequence model)
+    seq_max_score: dict[str, float] = field(default_factory=dict)
 
 
-def replay_blocks(blocks: Mapping[int, list[Tx]], cfg: ScoringConfig | None = None) -> ReplayResult:
-    """Run blocks through `TxScoringCore` one block at a time, as the Faust worker does."""
+def replay_blocks(
+    blocks: Mapping[int, list[Tx]],
+    cfg: ScoringConfig | None = None,
+    sequence: TxSequenceScorer | None = None,
+) -> ReplayResult:
+    """Run blocks through `TxScoringCore` one block at a time, as the Faust worker does
+    (with `sequence`: the tx sequence model on, as a worker with `sequence_model_dir`)."""
     cfg = cfg or ScoringConfig.from_settings(Settings())
-    core = TxScoringCore(cfg)
+    core = TxScoringCore(cfg, sequence=sequence)
+    seq_max: dict[str, float] = {}
     states: dict[str, Any] = {}
     alert_states: dict[str, EntityAlertState] = {}
     alerts: list[Alert] = []
@@ -178,8 +192,12 @@ def replay_blocks(blocks: Mapping[int, list[Tx]], cfg: ScoringConfig | None = No
                 continue  # windows still filling: scored, never alerted, so not ranked
             e = st.tx.sender
             max_score[e] = max(max_score.get(e, -math.inf), st.score)
+        for sq in r.sequence:
+            if sq.tx.timestamp >= alert_from:
+                e = sq.tx.sender
+                seq_max[e] = max(seq_max.get(e, -math.inf), sq.score)
         scored += len(r.scored)
-    return ReplayResult(alerts, max_score, first, not core.warming_up, scored)
+    return ReplayResult(alerts, max_score, first, not core.warming_up, scored, seq_max)
 
 
 # ------------------------------------------------------------------- metrics
@@ -265,6 +283,10 @@ class TxEntity:
     alerted: bool
     ttd_s: float | None
     throttles: int
+    # with a tx sequence model only: highest live score (worker windows) and the score of
+    # the entity's newest `max_len` txs of the whole run, without the window's age limit
+    seq_max: float = -math.inf
+    seq_history: float = -math.inf
 
 
 def ladder_actions(
@@ -319,11 +341,16 @@ def _account_view(entity: str, head: int, thr: tuple[int, int]) -> ChainView:
     return ChainView(head_block=head, throttle_level=thr[0], throttle_until=thr[1], is_node=False)
 
 
-def tx_scenario(seed: int, duration_s: float) -> list[TxEntity]:
-    """One seed's simulator plan replayed; one row per labelled entity that sent a tx."""
+def tx_scenario(
+    seed: int, duration_s: float, sequence: TxSequenceScorer | None = None
+) -> list[TxEntity]:
+    """One seed's simulator plan replayed; one row per labelled entity that sent a tx
+    (with `sequence`: the sequence model on in the core, plus whole-history scores)."""
     plan = Plan(SimConfig(seed=seed, duration_s=duration_s), offline_deployment(seed))
     labels = {a.lower(): lab for a, lab in plan.labels().items()}
-    res = replay_blocks(plan_blocks(plan, seed))
+    blocks = plan_blocks(plan, seed)
+    res = replay_blocks(blocks, sequence=sequence)
+    history = _history_scores(blocks, sequence) if sequence is not None else {}
     if not res.warmed_up:
         log.warning("seed %d: the model never finished warming up in %.0f s", seed, duration_s)
     first_alert: dict[str, float] = {}
@@ -349,9 +376,27 @@ def tx_scenario(seed: int, duration_s: float) -> list[TxEntity]:
                 # its funder's fan-out) counts as detected at once
                 ttd_s=None if fa is None else max(0.0, fa - t_first),
                 throttles=throttles[e],
+                seq_max=res.seq_max_score.get(e, -math.inf),
+                seq_history=history.get(e, -math.inf),
             )
         )
     return rows
+
+
+def _history_scores(
+    blocks: Mapping[int, list[Tx]], scorer: TxSequenceScorer, min_events: int = 8
+) -> dict[str, float]:
+    """Sequence score of each sender's newest `max_len` txs of the whole replay, as the
+    training data is built (no age limit); senders with fewer than `min_events` txs are
+    left out, as in the worker."""
+    from models.data.events import tx_windows
+
+    txs = [t for b in sorted(blocks) for t in blocks[b]]
+    wins = {
+        s: w for s, w in tx_windows(txs, max_events=scorer.max_len).items() if len(w) >= min_events
+    }
+    scores = scorer.score_windows(list(wins.values()))
+    return dict(zip(wins, scores.tolist(), strict=True))
 
 
 def tx_rows(entities: Sequence[TxEntity]) -> list[FamilyRow]:
@@ -378,6 +423,141 @@ def tx_rows(entities: Sequence[TxEntity]) -> list[FamilyRow]:
             )
         )
     return out
+
+
+#: Scores compared on the same entities: the forest (worker), the sequence model in the
+#: worker (its windows) and the sequence model on each entity's whole replayed history.
+SEQUENCE_SCORES: dict[str, Callable[[TxEntity], float]] = {
+    "forest": lambda e: e.max_score,
+    "sequence": lambda e: e.seq_max,
+    "sequence_history": lambda e: e.seq_history,
+}
+
+
+@dataclass(frozen=True)
+class SequenceRow:
+    """One bot family: forest vs tx sequence model, entity level, held-out seeds."""
+
+    family: str
+    entities: int
+    sequence_scored: int  # entities the worker path sequence-scored at least once
+    roc_auc: dict[str, float | None]  # score name (SEQUENCE_SCORES) -> ROC-AUC vs normal
+    recall: dict[str, float]  # score name -> recall at its dev-seed threshold
+
+
+@dataclass
+class SequenceComparison:
+    """Forest vs tx sequence model on the held-out entities (`vigil eval scenario
+    --sequence-artifacts DIR`)."""
+
+    artifact: str  # tx_sequence version
+    trained_on: str
+    dev_seeds: tuple[int, ...]
+    target_fpr: float
+    thresholds: dict[str, float]  # score name -> the dev-seed normals' (1 - fpr) quantile
+    heldout_fpr: dict[str, float]  # score name -> held-out normals over that threshold
+    live_threshold: float  # the worker's hit threshold (artifact's calibrated one)
+    normal_entities: int
+    normal_sequence_scored: int
+    rows: list[SequenceRow]
+    # the worker with sequence evidence on (held-out seeds), alert level
+    detected_with_sequence: dict[str, int]
+    normal_alerted_with_sequence: int
+    false_throttles_with_sequence: int
+
+
+def sequence_comparison(
+    heldout: Sequence[TxEntity],
+    dev: Sequence[TxEntity],
+    *,
+    artifact: str,
+    trained_on: str,
+    dev_seeds: Sequence[int],
+    live_threshold: float,
+    target_fpr: float = 0.01,
+) -> SequenceComparison:
+    """Per family ROC-AUC and recall of each score in SEQUENCE_SCORES; thresholds are the
+    dev seeds' normal entities' (1 - target_fpr) quantile, applied unchanged to held-out."""
+    dev_normal = [e for e in dev if e.label == LABEL_NORMAL]
+    normal = [e for e in heldout if e.label == LABEL_NORMAL]
+    thr: dict[str, float] = {}
+    for name, get in SEQUENCE_SCORES.items():
+        vals = np.array([get(e) for e in dev_normal] or [math.inf])
+        thr[name] = float(np.quantile(vals, 1.0 - target_fpr, method="higher"))
+
+    def over(es: Sequence[TxEntity], name: str) -> float:
+        get = SEQUENCE_SCORES[name]
+        return sum(get(e) > thr[name] for e in es) / len(es) if es else 0.0
+
+    rows = []
+    detected: dict[str, int] = {}
+    for fam in (*BOT_LABELS, "all bots"):
+        pos = [
+            e for e in heldout if (e.label == fam if fam != "all bots" else e.label in BOT_LABELS)
+        ]
+        if not pos:
+            continue
+        detected[fam] = sum(e.alerted for e in pos)
+        rows.append(
+            SequenceRow(
+                family=fam,
+                entities=len(pos),
+                sequence_scored=sum(math.isfinite(e.seq_max) for e in pos),
+                roc_auc={
+                    n: auc([g(e) for e in pos], [g(e) for e in normal])
+                    for n, g in SEQUENCE_SCORES.items()
+                },
+                recall={n: over(pos, n) for n in SEQUENCE_SCORES},
+            )
+        )
+    return SequenceComparison(
+        artifact=artifact,
+        trained_on=trained_on,
+        dev_seeds=tuple(dev_seeds),
+        target_fpr=target_fpr,
+        thresholds=thr,
+        heldout_fpr={n: over(normal, n) for n in SEQUENCE_SCORES},
+        live_threshold=live_threshold,
+        normal_entities=len(normal),
+        normal_sequence_scored=sum(math.isfinite(e.seq_max) for e in normal),
+        rows=rows,
+        detected_with_sequence=detected,
+        normal_alerted_with_sequence=sum(e.alerted for e in normal),
+        false_throttles_with_sequence=sum(e.throttles for e in normal),
+    )
+
+
+def run_sequence_comparison(
+    artifacts: Path,
+    seeds: Sequence[int] = HELD_OUT_SEEDS,
+    dev_seeds: Sequence[int] = DEV_SEEDS,
+    duration_s: float = 300.0,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> SequenceComparison:
+    """Replay dev and held-out seeds with the `tx_sequence` artifact under `artifacts` on
+    in the core (device cpu); thresholds from the dev seeds, figures from the held-out."""
+    from models.scorers import calibrated_threshold
+
+    cfg = replace(ScoringConfig.from_settings(Settings()), sequence_model_dir=artifacts)
+    cfg = replace(cfg, sequence_device="cpu")
+    scorer = load_sequence_scorer(cfg)
+    assert scorer is not None and scorer.meta is not None
+    dev: list[TxEntity] = []
+    held: list[TxEntity] = []
+    for group, out in ((dev_seeds, dev), (seeds, held)):
+        for s in group:
+            if progress:
+                progress(f"seed {s}: replaying with the tx sequence model on")
+            out += tx_scenario(s, duration_s, sequence=scorer)
+    return sequence_comparison(
+        held,
+        dev,
+        artifact=scorer.meta.version,
+        trained_on=str(scorer.meta.config.get("trained_on", "")),
+        dev_seeds=dev_seeds,
+        live_threshold=calibrated_threshold(scorer.meta),
+    )
 
 
 # ------------------------------------------------------------------- nodes
@@ -583,6 +763,7 @@ class ScenarioResult:
     honest_slash_proposals: int  # must be 0
     seconds: float = 0.0
     roc: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    sequence: SequenceComparison | None = None  # with --sequence-artifacts only
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -613,8 +794,12 @@ def run_scenarios(
     nodes_per_fault: int = 8,
     node_steps: int = 60,
     progress: Callable[[str], None] | None = None,
+    sequence_artifacts: Path | None = None,
+    dev_seeds: Sequence[int] = DEV_SEEDS,
 ) -> ScenarioResult:
-    """Replay every seed's plan and node population; pool entities across seeds."""
+    """Replay every seed's plan and node population; pool entities across seeds. With
+    `sequence_artifacts` (a root holding a `tx_sequence` artifact), also compare the
+    forest with the tx sequence model on the same entities (`run_sequence_comparison`)."""
     import time
 
     t0 = time.perf_counter()
@@ -644,6 +829,11 @@ def run_scenarios(
         honest_slash_proposals=sum(n.slash_proposals for n in honest),
         seconds=time.perf_counter() - t0,
         roc=roc_points(ents),
+        sequence=None
+        if sequence_artifacts is None
+        else run_sequence_comparison(
+            sequence_artifacts, seeds, dev_seeds, duration_s, progress=progress
+        ),
     )
 
 
@@ -690,6 +880,7 @@ def render_markdown(r: ScenarioResult, plots: Mapping[str, str] | None = None) -
         f"Normal users: {r.normal_entities}, alerted {r.normal_alerted}, **false throttles "
         f"{r.false_throttles}**.",
         "",
+        *sequence_markdown(r.sequence),
         "## Nodes: faults vs honest nodes",
         "",
         "A fault counts as detected when any node alert fires: the rules (spot check, "
@@ -753,6 +944,71 @@ def render_markdown(r: ScenarioResult, plots: Mapping[str, str] | None = None) -
         for title, name in plots.items():
             lines += [f"![{title}]({name})", ""]
     return "\n".join(lines)
+
+
+_SEQ_COLUMNS = {"forest": "forest", "sequence": "seq (worker)", "sequence_history": "seq (history)"}
+
+
+def sequence_markdown(c: SequenceComparison | None) -> list[str]:
+    """The forest-vs-sequence section of the report (a note on how to get it when absent)."""
+    head = ["## Transactions: isolation forest vs tx sequence model", ""]
+    if c is None:
+        return [
+            *head,
+            "Not run: `vigil eval scenario --sequence-artifacts DIR` (DIR holding a "
+            "`tx_sequence` artifact of `vigil train tx --out DIR`) adds it.",
+            "",
+        ]
+    dev = ", ".join(map(str, c.dev_seeds))
+    pct = f"{100 * c.target_fpr:g} %"
+    lines = [
+        *head,
+        f"Same held-out entities as above. The sequence model is artifact `tx_sequence "
+        f"{c.artifact}` ({c.trained_on}), trained by `vigil train tx` on the synthetic "
+        "generator of `models/data/` (2 s blocks, hours of history per address), **not on "
+        "simulator traffic: a domain shift**. Scores per entity: `forest` its highest forest "
+        "score in the worker (as above); `seq (worker)` its highest sequence score in the "
+        "worker (the `TxScoringCore` with the model on: each sender of a block once, on "
+        "its `SenderWindow` after the block, which holds at most the newest 64 events "
+        "within `window_s` = 30 s, and only with >= 8 of them); `seq (history)` the model on "
+        "the entity's newest 64 txs of the whole replay without the age limit (how the "
+        "training data is built; offline, end of run). Entities never scored rank last. "
+        f"Recall at each score's threshold fixed on the normal entities of dev seeds {dev} "
+        f"({pct} FPR there), unchanged here.",
+        "",
+        "| family | entities | seq-scored | "
+        + " | ".join(f"AUC {v}" for v in _SEQ_COLUMNS.values())
+        + " | "
+        + " | ".join(f"recall {v}" for v in _SEQ_COLUMNS.values())
+        + " |",
+        "| --- | ---: | ---: |" + " ---: |" * (2 * len(_SEQ_COLUMNS)),
+    ]
+    for row in c.rows:
+        lines.append(
+            f"| {row.family} | {row.entities} | {row.sequence_scored} | "
+            + " | ".join(_f(row.roc_auc[k], "{:.3f}") for k in _SEQ_COLUMNS)
+            + " | "
+            + " | ".join(f"{row.recall[k]:.2f}" for k in _SEQ_COLUMNS)
+            + " |"
+        )
+    fpr = ", ".join(
+        f"{v} {100 * c.heldout_fpr[k]:.1f} % (threshold {c.thresholds[k]:.3f})"
+        for k, v in _SEQ_COLUMNS.items()
+    )
+    det = ", ".join(f"{f} {n}" for f, n in c.detected_with_sequence.items())
+    lines += [
+        "",
+        f"Held-out normal users over the dev-seed thresholds: {fpr}. Normal users "
+        f"sequence-scored in the worker: {c.normal_sequence_scored} of {c.normal_entities}.",
+        "",
+        f"With the sequence model on as soft evidence (a hit at P(bot) >= "
+        f"{c.live_threshold:.3f}, the artifact's 0.1 % dev-FPR quantile on generator "
+        f"normals): detected {det}; normal users alerted "
+        f"**{c.normal_alerted_with_sequence}** of {c.normal_entities}, **false throttles "
+        f"{c.false_throttles_with_sequence}** (default settings, model off: see above).",
+        "",
+    ]
+    return lines
 
 
 def plot_roc(r: ScenarioResult, path: Path) -> Path:

@@ -4,6 +4,14 @@ Kept free of Kafka and ClickHouse so that the Faust agent stays thin (decode, ca
 this, send) and so that the same code runs in tests, benchmarks and backfills.
 The model is fitted once on a warm-up window of feature rows, then stored as a
 versioned artifact and reloaded after a restart.
+
+Optionally (`Settings.sequence_model_dir`), a trained tx sequence model
+(`models.scorers.TxSequenceScorer`, artifact `tx_sequence` of `vigil train tx`) also scores
+every sender of a batch once, on its window after the batch (the same `SenderWindow` events
+the forest's features come from), in one batched call. Its score is recorded against the
+sender's newest tx of the batch and, at or above its threshold, is soft evidence for the
+alert policy on that tx (like a behaviour rule). Off, nothing of it runs (torch is not even
+imported).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +37,9 @@ from detector.types import Tx
 from models import registry
 from pipelines.settings import Settings
 
+if TYPE_CHECKING:
+    from models.scorers import TxSequenceScorer
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "tx-iforest"
@@ -37,6 +48,11 @@ DETECTOR_NAME = "tx_iforest"
 #: Not "rule:"-prefixed on purpose: behaviour rules are suspicion, not proof.
 RULES_DETECTOR_NAME = "tx_rules"
 FANOUT_DETECTOR_NAME = "sybil_fanout"
+#: Alerts whose latest hit came from the tx sequence model alone (soft evidence).
+SEQUENCE_DETECTOR_NAME = "tx_sequence"
+#: `scores.model_version` of sequence rows: "tx_sequence:<artifact version>" (forest rows
+#: carry the bare forest version), so the two never collide on (tx_hash, model_version).
+SEQUENCE_VERSION_PREFIX = "tx_sequence:"
 CATEGORY_BOT = "bot"
 CATEGORY_SYBIL = "sybil"
 _RATE = FEATURE_NAMES.index("rate_per_min")
@@ -84,6 +100,23 @@ class Alert:
     created_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class SequenceScore:
+    """The tx sequence model on one sender's window after a batch; recorded (one `scores`
+    row) against `tx`, the sender's newest tx of that batch."""
+
+    tx: Tx
+    score: float  # 1 - P(normal)
+    threshold: float
+    events: int  # window events the model read (newest `max_len` of them at most)
+    looks_like: str  # most likely family
+    model_version: str  # SEQUENCE_VERSION_PREFIX + artifact version
+
+    @property
+    def hit(self) -> bool:
+        return self.score >= self.threshold
+
+
 @dataclass
 class BatchResult:
     states: dict[str, SenderWindow]
@@ -91,6 +124,7 @@ class BatchResult:
     alerts: list[Alert] = field(default_factory=list)
     alert_states: dict[str, EntityAlertState] = field(default_factory=dict)
     fitted: TxModel | None = None
+    sequence: list[SequenceScore] = field(default_factory=list)  # empty when off
 
 
 @dataclass(frozen=True)
@@ -104,6 +138,10 @@ class ScoringConfig:
     rules: BotRules | None = BotRules()  # None: the forest alone
     fanout: FanoutRule | None = FanoutRule()  # None: no sybil fan-out alerts
     fanout_severity: Severity = Severity.HIGH
+    sequence_model_dir: Path | None = None  # None: no sequence model (see Settings)
+    sequence_device: str = "auto"
+    sequence_threshold: float | None = None  # None: the artifact's calibrated one
+    sequence_min_events: int = 8
 
     @classmethod
     def from_settings(cls, s: Settings) -> ScoringConfig:
@@ -118,7 +156,36 @@ class ScoringConfig:
                 evidence_window=EVIDENCE_WINDOW,
                 model_margin=MODEL_MARGIN,
             ),
+            sequence_model_dir=s.sequence_model_dir,
+            sequence_device=s.sequence_device,
+            sequence_threshold=s.sequence_threshold,
+            sequence_min_events=s.sequence_min_events,
         )
+
+
+class SequenceModelMissing(ValueError):
+    """`sequence_model_dir` is set but holds no usable tx sequence artifact."""
+
+
+def load_sequence_scorer(cfg: ScoringConfig) -> TxSequenceScorer | None:
+    """The tx sequence scorer `cfg` asks for (None when `sequence_model_dir` is unset)."""
+    root = cfg.sequence_model_dir
+    if root is None:
+        return None
+    from models.scorers import TX_ARTIFACT, TxSequenceScorer
+
+    try:
+        bundle, meta = registry.load(Path(root), TX_ARTIFACT)
+    except registry.ArtifactNotFound as e:
+        raise SequenceModelMissing(
+            f"sequence_model_dir={root} holds no {TX_ARTIFACT!r} artifact ({e}); train one "
+            f"with `vigil train tx --out {root}` or unset VIGIL_SEQUENCE_MODEL_DIR"
+        ) from None
+    if bundle.get("kind") != "tx":
+        raise SequenceModelMissing(f"{root}/{TX_ARTIFACT} is a {bundle.get('kind')!r} model")
+    scorer = TxSequenceScorer(bundle, meta, device=cfg.sequence_device)
+    log.info("tx sequence model %s on %s", meta.version, scorer.device)
+    return scorer
 
 
 def fit_model(rows: np.ndarray, cfg: ScoringConfig, txs: Sequence[Tx] = ()) -> TxModel:
@@ -142,10 +209,25 @@ class TxScoringCore:
         cfg: ScoringConfig,
         model: TxModel | None = None,
         on_fit: Callable[[TxModel], None] | None = None,
+        sequence: TxSequenceScorer | None = None,
     ) -> None:
         self.cfg = cfg
         self.model = model
         self.on_fit = on_fit  # persists a freshly fitted model (and sets its version)
+        # the tx sequence model: given, or loaded from cfg.sequence_model_dir (or None)
+        self.sequence = sequence if sequence is not None else load_sequence_scorer(cfg)
+        self.sequence_threshold = 0.0
+        self.sequence_version = ""
+        if self.sequence is not None:
+            from models.scorers import calibrated_threshold
+
+            meta = self.sequence.meta
+            self.sequence_threshold = (
+                cfg.sequence_threshold
+                if cfg.sequence_threshold is not None
+                else calibrated_threshold(meta)
+            )
+            self.sequence_version = SEQUENCE_VERSION_PREFIX + (meta.version if meta else "")
         self._warm_rows: list[np.ndarray] = []
         self._warm_txs: list[Tx] = []
         self._stream_start: float | None = None
@@ -167,6 +249,8 @@ class TxScoringCore:
         )
         result = BatchResult(states=new_states)
         entity = result.alert_states
+        seq = self._score_sequences(txs, new_states) if self.sequence is not None else {}
+        result.sequence = list(seq.values())
         if self.cfg.fanout is not None:
             self._fanout(txs, alert_states, result)
         if self.model is None:
@@ -215,6 +299,7 @@ class TxScoringCore:
             result.scored.append(ScoredTx(tx, score, thr, row))
             if tx.timestamp < self._alert_from:
                 continue  # rows from before the windows filled are scored, never alerted
+            sq = seq.get(tx.tx_hash) if seq else None
             prev = entity.get(tx.sender) or alert_states.get(tx.sender) or EntityAlertState()
             state, severity = self.cfg.policy.step(
                 prev,
@@ -222,14 +307,44 @@ class TxScoringCore:
                 threshold=thr,
                 window_txs=int(round(row[_RATE] / per_min)) if np.isfinite(row[_RATE]) else 0,
                 now=tx.timestamp,
-                evidence=bool(hit),
+                evidence=bool(hit) or (sq is not None and sq.hit),
             )
             entity[tx.sender] = state
             if severity is not None:
                 result.alerts.append(
-                    self._alert(tx, row, score, thr, severity, refs[tx.sender][-20:], hit)
+                    self._alert(tx, row, score, thr, severity, refs[tx.sender][-20:], hit, sq)
                 )
         return result
+
+    def _score_sequences(
+        self, txs: Sequence[Tx], states: Mapping[str, SenderWindow]
+    ) -> dict[str, SequenceScore]:
+        """Each sender of the batch once (window after the batch, at least
+        `sequence_min_events` events), in one batched call; keyed by the tx hash of the
+        sender's newest tx of the batch, which the score is recorded against."""
+        scorer = self.sequence
+        assert scorer is not None
+        latest: dict[str, Tx] = {}
+        for tx in txs:
+            cur = latest.get(tx.sender)
+            if cur is None or tx.timestamp >= cur.timestamp:
+                latest[tx.sender] = tx
+        picked = [
+            (tx, w)
+            for s, tx in latest.items()
+            if (w := states.get(s)) is not None and len(w) >= self.cfg.sequence_min_events
+        ]
+        if not picked:
+            return {}
+        x, lengths = scorer.vectorise_windows([w for _, w in picked])
+        proba = scorer.predict_proba(x, lengths)
+        scores = proba[:, 1:].sum(axis=1).tolist()
+        families = [scorer.class_names[i] for i in proba.argmax(axis=1).tolist()]
+        thr = self.sequence_threshold
+        return {
+            tx.tx_hash: SequenceScore(tx, sc, thr, n, fam, self.sequence_version)
+            for (tx, _), sc, n, fam in zip(picked, scores, lengths.tolist(), families, strict=True)
+        }
 
     def _fanout(
         self, txs: list[Tx], alert_states: Mapping[str, EntityAlertState], result: BatchResult
@@ -320,11 +435,19 @@ class TxScoringCore:
         severity: Severity,
         recent: list[str],
         rule_mask: int = 0,
+        seq: SequenceScore | None = None,
     ) -> Alert:
         assert self.model is not None
         top = self.model.profile.explain(row, k=3)
         bar = thr + self.cfg.policy.model_margin * abs(thr)
-        detector = DETECTOR_NAME if score >= bar or not rule_mask else RULES_DETECTOR_NAME
+        if score >= bar:
+            detector = DETECTOR_NAME
+        elif rule_mask:
+            detector = RULES_DETECTOR_NAME
+        elif seq is not None and seq.hit:
+            detector = SEQUENCE_DETECTOR_NAME
+        else:
+            detector = DETECTOR_NAME
         doc: dict[str, Any] = {
             "entity": tx.sender,
             "category": CATEGORY_BOT,
@@ -338,6 +461,14 @@ class TxScoringCore:
         }
         if rule_mask:
             doc["rules"] = rule_names(rule_mask)
+        if seq is not None:  # only with the sequence model on: hashes are unchanged without
+            doc["sequence"] = {
+                "model_version": seq.model_version,
+                "score": seq.score,
+                "threshold": seq.threshold,
+                "events": seq.events,
+                "looks_like": seq.looks_like,
+            }
         h = evidence_hash(doc)
         return Alert(
             alert_id=h[2:34],
@@ -353,6 +484,7 @@ class TxScoringCore:
                 {
                     "top_features": [{"name": n, "value": v, "robust_z": z} for n, v, z in top],
                     "model_version": self.model.version,
+                    **({"sequence": doc["sequence"]} if seq is not None else {}),
                 }
             ),
             tx_hash=tx.tx_hash,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -117,6 +117,28 @@ class Settings(BaseSettings):
     min_window_txs: int = Field(5, ge=1, description="No alert from fewer txs in a window.")
     min_consecutive: int = Field(5, ge=1, description="Anomalous events in a row before alerting.")
     seed: int = 7
+    sequence_model_dir: Path | None = Field(
+        None,
+        description="Artifact root holding a `tx_sequence` model (`vigil train tx --out DIR`): "
+        "the transaction worker then scores every sender of a batch once with it (its window "
+        "after the batch, one batched call) and writes those scores; a score at or above the "
+        "threshold is soft evidence for the alert policy, like a behaviour rule. Off by "
+        "default (no cost): meant for GPU workers or small chains, on a busy CPU worker it "
+        "adds a neural net call per batch.",
+    )
+    sequence_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the tx sequence model runs (auto: CUDA when present)."
+    )
+    sequence_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="P(bot) at or above which a sequence score is a hit; default: the 0.1 % "
+        "dev false-positive quantile stored with the artifact by training.",
+    )
+    sequence_min_events: int = Field(
+        8, ge=1, description="Senders with fewer window events are not sequence-scored."
+    )
 
     # --- enforcement -----------------------------------------------------------
     throttle_level: int = Field(2, ge=1, le=255)

@@ -51,6 +51,7 @@ from pipelines.records import (
     TOPIC_CHALLENGES,
     TOPIC_GOVERNANCE_ALERTS,
     TOPIC_NODE_CLAIMS,
+    TOPIC_NODE_REGISTRY,
     TOPIC_SCORES,
     TOPIC_TELEMETRY,
     dlq_topic,
@@ -73,6 +74,7 @@ TOPICS = (
     TOPIC_ACTIONS,
     TOPIC_CHALLENGES,
     TOPIC_NODE_CLAIMS,
+    TOPIC_NODE_REGISTRY,
     TOPIC_GOVERNANCE_ALERTS,
 )
 
@@ -464,7 +466,9 @@ def summarize(
     c = connect(settings.clickhouse_url, "default", "", settings.clickhouse_database)
     try:
         ingested = c.query("SELECT count() FROM transactions FINAL").result_rows[0][0]
-        scored = c.query("SELECT count() FROM scores FINAL").result_rows[0][0]
+        scored = c.query(  # forest rows: one per tx (sequence rows are per sender)
+            "SELECT count() FROM scores FINAL WHERE NOT startsWith(model_version, 'tx_sequence:')"
+        ).result_rows[0][0]
         alerts: dict[str, int] = {
             str(k): int(v)
             for k, v in c.query(

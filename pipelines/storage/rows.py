@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
+
+import numpy as np
 
 from pipelines.chain.enforcer import ActionResult
 from pipelines.records import TxBatch
-from pipelines.scoring import Alert, ScoredTx
+from pipelines.scoring import Alert, ScoredTx, SequenceScore
 
 Row = list[Any]
 
@@ -25,6 +27,8 @@ def ts(seconds: float) -> datetime:
 
 def transaction_rows(batch: TxBatch, *, version: int, ingested_at: float) -> list[Row]:
     bt = ts(batch.block_time)
+    at = ts(ingested_at)
+    confirmed = int(batch.confirmed)
     return [
         [
             tx.tx_hash,
@@ -40,8 +44,8 @@ def transaction_rows(batch: TxBatch, *, version: int, ingested_at: float) -> lis
             tx.nonce,
             tx.selector,
             tx.status,
-            int(batch.confirmed),
-            ts(ingested_at),
+            confirmed,
+            at,
             version,
             0,  # is_deleted: a reorg retraction writes 1 with a higher version
         ]
@@ -49,44 +53,69 @@ def transaction_rows(batch: TxBatch, *, version: int, ingested_at: float) -> lis
     ]
 
 
-def _features_template(feature_names: list[str]) -> str:
-    """A %-template that renders finite feature values exactly as `json.dumps` would."""
-    body = ", ".join(f"{json.dumps(n)}: %r" for n in feature_names)
-    return "{" + body.replace("%", "%%").replace("%%r", "%r") + "}"
+def _features_template(feature_names: list[str], conv: str = "r") -> str:
+    """A %-template that renders feature values as `json.dumps` would: `%r` of a finite
+    float is its JSON text; with conv="s" the caller passes pre-rendered strings."""
+    body = ", ".join(f"{json.dumps(n)}: %{conv}" for n in feature_names)
+    return "{" + body.replace("%", "%%").replace(f"%%{conv}", f"%{conv}") + "}"
+
+
+def _json_float(v: float) -> str:
+    return repr(v) if math.isfinite(v) else "null"
 
 
 def score_rows(
-    scored: Iterable[ScoredTx], *, model_version: str, feature_names: list[str], scored_at: float
+    scored: Sequence[ScoredTx], *, model_version: str, feature_names: list[str], scored_at: float
 ) -> list[Row]:
     """`scores` rows; features as a JSON object (non-finite values as null)."""
-    template = _features_template(feature_names)
+    if not scored:
+        return []
+    fast, slow = _features_template(feature_names), _features_template(feature_names, "s")
+    matrix = np.array([s.features for s in scored], dtype=np.float64)
+    finite = cast(list[bool], np.isfinite(matrix).all(axis=1).tolist())
     at = ts(scored_at)
+    block_times: dict[float, datetime] = {}
     out = []
-    for s in scored:
-        values = s.features.tolist()
-        if all(map(math.isfinite, values)):  # the hot path: one %-format per row
-            feats = template % tuple(values)
-        else:
-            feats = json.dumps(
-                {
-                    n: (v if math.isfinite(v) else None)
-                    for n, v in zip(feature_names, values, strict=True)
-                }
-            )
+    for s, values, ok in zip(scored, matrix.tolist(), finite, strict=True):
+        t = s.tx.timestamp
+        bt = block_times.get(t)
+        if bt is None:
+            bt = block_times[t] = ts(t)
         out.append(
             [
                 s.tx.tx_hash,
                 s.tx.sender,
                 s.tx.block_number,
-                ts(s.tx.timestamp),
+                bt,
                 s.score,
                 s.threshold,
                 model_version,
-                feats,
+                fast % tuple(values) if ok else slow % tuple(map(_json_float, values)),
                 at,
             ]
         )
     return out
+
+
+def sequence_score_rows(scored: Iterable[SequenceScore], *, scored_at: float) -> list[Row]:
+    """`scores` rows of the tx sequence model: one per scored sender and batch, on the
+    sender's newest tx of the batch, `model_version` "tx_sequence:<version>"; `features`
+    holds the window length the model read and the family it looks most like."""
+    at = ts(scored_at)
+    return [
+        [
+            s.tx.tx_hash,
+            s.tx.sender,
+            s.tx.block_number,
+            ts(s.tx.timestamp),
+            s.score,
+            s.threshold,
+            s.model_version,
+            json.dumps({"window_events": s.events, "looks_like": s.looks_like}),
+            at,
+        ]
+        for s in scored
+    ]
 
 
 def alert_rows(alerts: Iterable[Alert]) -> list[Row]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ from inference_node.gateway import (
     parse_reputation,
     served_hash,
 )
+from inference_node.routing import spot_penalty, weights
 from inference_node.server import create_app
 from inference_node.settings import NodeSettings
 from inference_node.verifier import Verdict
@@ -335,7 +337,7 @@ def test_reputation_scores_shift_routing() -> None:
 
     @rep.get("/v1/nodes")
     async def scores() -> list[dict[str, Any]]:
-        return [{"node": "TRUSTED", "score": 1.0}, {"node": ADDR_B, "score": 0.1}]
+        return [{"node": "TRUSTED", "score": 100.0}, {"node": ADDR_B, "score": 10.0}]
 
     async def go(nodes: list[NodeEndpoint], rep_url: str) -> None:
         async with running_gateway(gw_settings(reputation_url=rep_url), nodes) as (client, gw):
@@ -362,10 +364,47 @@ def test_reputation_scores_shift_routing() -> None:
 
 
 def test_parse_reputation_shapes() -> None:
-    assert parse_reputation([{"node": "A", "score": 0.5}]) == {"a": 0.5}
+    # the API's 0-100 scores become routing's [0, 1] fractions
+    assert parse_reputation([{"node": "A", "score": 50}]) == {"a": 0.5}
+    assert parse_reputation({"items": [{"node": "c", "score": 120}], "total": 1}) == {"c": 1.0}
     assert parse_reputation({"nodes": [{"node": "b", "score": -1}, {"x": 1}]}) == {"b": 0.0}
+    assert parse_reputation([{"node": "d", "score": 0.3}], scale=1.0) == {"d": 0.3}
     with pytest.raises(ValueError):
         parse_reputation({"nodes": 3})
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        GatewaySettings(min_reputation=50)  # a fraction of the full score, not 0-100
+
+
+def test_api_scores_out_of_100_route_less_to_the_low_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reputation API's own page shape and 0-100 scale: 30/100 gets less than 90/100."""
+    import inference_node.gateway as gateway_mod
+
+    monkeypatch.setattr(gateway_mod, "REPUTATION_PAGE", 1)  # make it page through
+    rep = FastAPI()
+    table = [{"node": "hi", "score": 90.0}, {"node": "lo", "score": 30.0}]
+
+    @rep.get("/v1/nodes")
+    async def scores(limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        return {"items": table[offset : offset + limit], "total": 2, "limit": limit}
+
+    async def go(nodes: list[NodeEndpoint], rep_url: str) -> None:
+        async with running_gateway(gw_settings(reputation_url=rep_url), nodes) as (client, gw):
+            assert gw.nodes["hi"].reputation == pytest.approx(0.9)
+            assert gw.nodes["lo"].reputation == pytest.approx(0.3)
+            served: Counter[str] = Counter()
+            for i in range(60):
+                r = await client.post("/v1/embeddings", json={"input": f"q {i}"})
+                served[r.headers["x-vigil-node-id"]] += 1
+            assert served["lo"] * 2 < served["hi"], served  # latency noise aside
+            view = {
+                v["node_id"]: v for v in (await client.get("/v1/gateway/nodes")).json()["nodes"]
+            }
+            assert view["lo"]["weight_share"] < view["hi"]["weight_share"]
+
+    with fake_nodes("hi", "lo") as nodes, serve_in_thread(rep) as rep_url:
+        asyncio.run(go(nodes, rep_url))
 
 
 class FakeDirectory:
@@ -447,6 +486,48 @@ def test_spot_checks_follow_the_rate_and_publish_verdicts() -> None:
     assert len(sink.messages) == expected  # flushed on stop
     assert all(set(m) == VERDICT_FIELDS and m["schema_version"] == 1 for m in sink.messages)
     assert {m["node_id"] for m in sink.messages} <= {"s1", "s2"}
+
+
+def test_failed_spot_checks_lower_the_nodes_weight_until_they_decay() -> None:
+    token = SecretStr("challenge-token")
+    now = [1000.0]
+
+    async def go(nodes: list[NodeEndpoint]) -> None:
+        s = gw_settings(spot_check_rate=1.0, challenge_token=token, spot_fail_decay_s=60.0)
+        async with running_gateway(s, nodes, embedder=FakeEmbedder()) as (client, gw):
+            gw.clock = gw.spot.clock = lambda: now[0]
+            served: Counter[str] = Counter()
+            for i in range(40):
+                r = await client.post("/v1/embeddings", json={"input": [f"check {i}", "b"]})
+                assert r.status_code == 200
+                served[r.headers["x-vigil-node-id"]] += 1
+                while gw.spot.pending:  # the verdict lands before the next request
+                    await asyncio.sleep(0.01)
+            failures = len(gw.nodes["lazy"].spot_failures)
+            assert failures == served["lazy"] >= 1 and not gw.nodes["honest"].spot_failures
+            assert served["lazy"] * 2 < served["honest"], served
+            cands = {c.node_id: c for c in gw.candidates()}
+            assert cands["lazy"].spot_failures == failures
+            w = dict(zip(cands, weights(list(cands.values()), gw.policy), strict=True))
+            clean = dataclasses.replace(cands["lazy"], spot_failures=0)
+            (w_clean,) = weights([clean, cands["honest"]], gw.policy)[:1]
+            assert w["lazy"] == pytest.approx(w_clean * spot_penalty(failures, gw.policy))
+            assert w["lazy"] <= w_clean / 2
+            view = {
+                v["node_id"]: v for v in (await client.get("/v1/gateway/nodes")).json()["nodes"]
+            }
+            assert view["lazy"]["spot_failures"] == failures
+            now[0] += 61.0  # past the decay period: full weight again
+            cands = {c.node_id: c for c in gw.candidates()}
+            assert cands["lazy"].spot_failures == 0
+
+    with (
+        serve_in_thread(node_app("honest", challenge_token=token)) as h,
+        serve_in_thread(
+            node_app("lazy", challenge_token=token, fault="lazy", fault_rate=1.0)
+        ) as lz,
+    ):
+        asyncio.run(go([NodeEndpoint(id="honest", url=h), NodeEndpoint(id="lazy", url=lz)]))
 
 
 def test_wrong_challenge_token_is_not_blamed_on_the_node() -> None:

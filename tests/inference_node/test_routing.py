@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
-from inference_node.routing import Candidate, RoutingPolicy, choose, ewma, weights
+from inference_node.routing import (
+    Candidate,
+    RoutingPolicy,
+    choose,
+    ewma,
+    recent_failures,
+    spot_penalty,
+    weights,
+)
 
 
 def _draws(cands: list[Candidate], n: int = 5000, seed: int = 1) -> Counter[str]:
@@ -101,3 +110,25 @@ def test_ewma_and_policy_validation() -> None:
         RoutingPolicy(latency_floor_ms=0)
     with pytest.raises(ValueError):
         RoutingPolicy(queue_penalty=-1)
+
+
+def test_failed_spot_checks_halve_the_weight_down_to_a_floor() -> None:
+    p = RoutingPolicy(spot_fail_factor=0.5, spot_fail_floor=0.125, spot_fail_decay_s=100.0)
+    assert [spot_penalty(n, p) for n in (0, 1, 2, 3, 9)] == [1.0, 0.5, 0.25, 0.125, 0.125]
+    base = Candidate("n", latency_ms=40.0)
+    (w0, w1, w4) = weights(
+        [base, replace(base, spot_failures=1), replace(base, spot_failures=4)], p
+    )
+    assert w1 == pytest.approx(w0 / 2) and w4 == pytest.approx(w0 * 0.125)
+    # a failure counts for `spot_fail_decay_s`, then the weight is whole again
+    assert recent_failures([10.0, 50.0, 109.0], now=110.0, policy=p) == 2
+    assert recent_failures([10.0, 50.0], now=200.0, policy=p) == 0
+    got = _draws([base, replace(base, node_id="bad", spot_failures=2)], n=4000)
+    assert got["n"] > 3 * got["bad"] > 0  # less traffic, never none
+
+
+def test_policy_rejects_reputation_on_the_api_scale() -> None:
+    with pytest.raises(ValueError, match="fraction"):
+        RoutingPolicy(min_reputation=50)
+    with pytest.raises(ValueError):
+        RoutingPolicy(spot_fail_factor=0.1, spot_fail_floor=0.5)

@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+from eth_account import Account
+from eth_utils import keccak
 from web3 import Web3
 
 from pipelines.chain.anvil import DEV_ACCOUNTS
@@ -106,6 +108,39 @@ def test_manifest_lists_nodes_and_gateway(stack: dict[str, Any]) -> None:
         assert {"id", "url", "operator", "fault"} <= set(n)
         assert Web3.is_address(n["id"]) and Web3.is_address(n["operator"])
     assert httpx.get(stack["gateway_url"] + "/health", timeout=5).status_code == 200
+
+
+def test_registered_node_that_never_starts_gets_a_heartbeat_alert(stack: dict[str, Any]) -> None:
+    """A node registered on chain that never sends anything is timed out from its
+    registration (the worker reads `NodeRegistered`); the running nodes are not."""
+    w3 = Web3(Web3.HTTPProvider(stack["rpc_url"]))
+    registry = w3.eth.contract(
+        address=stack["contracts"]["NodeRegistry"], abi=compile_project()["NodeRegistry"].abi
+    )
+    silent = Account.from_key(keccak(text="vigil-test:silent-node")).address
+    stake = registry.functions.minStake().call()
+    # the last dev account: not an operator of the stack's nodes, nor a traffic sender
+    transact(
+        w3,
+        DEV_ACCOUNTS[-1][1],
+        registry.functions.registerNode(silent, "http://127.0.0.1:9"),
+        value=stake,
+    )
+    ch = stack["_ch"]
+
+    def heartbeat_alerts(node: str) -> int:
+        return int(
+            ch.query(
+                "SELECT count() FROM alerts WHERE entity = {n:String} "
+                "AND detector = 'rule:heartbeat'",
+                parameters={"n": node},
+            ).result_rows[0][0]
+        )
+
+    assert wait_for(
+        lambda: heartbeat_alerts(silent.lower()), 120, "a heartbeat alert about the silent node"
+    )
+    assert all(heartbeat_alerts(n["id"]) == 0 for n in stack["nodes"])
 
 
 def test_telemetry_reaches_clickhouse_and_usage_is_settled_on_chain(stack: dict[str, Any]) -> None:
