@@ -114,7 +114,13 @@ from pipelines.storage import rows
 from pipelines.storage.client import connect
 from pipelines.storage.schema import TABLE_COLUMNS
 from pipelines.storage.writer import BatchedWriter
-from pipelines.txstate import StateLog, StateLogError
+from pipelines.txstate import (
+    PartitionState,
+    StateLog,
+    StateLogError,
+    from_warm_entries,
+    warm_entry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -427,15 +433,48 @@ def _transaction_agents(ctx: Context) -> None:
                 d = ast.to_dict()
                 if d != (st.alerts.get(s) or EMPTY_ALERT_STATE):  # most senders: no change
                     changed_alerts[s] = d
+            now_block = max(newest.values(), default=0.0)
             await store.save(
                 partition,
                 {s: [newest[s], w.to_dict()] for s, w in result.states.items()},
                 changed_alerts,
                 applied_offset=max(e.message.offset for e, _ in fresh),
-                now=max(newest.values(), default=0.0),
+                now=now_block,
+                warm=[warm_entry(tx, row) for tx, row in result.buffered],
+                warm_done=result.fitted is not None,
             )
+            if result.fitted is not None:  # the other partitions' warm-up txs are scored too
+                for other, ost in list(store.partitions.items()):
+                    if other != partition and ost.warm:
+                        await store.save(
+                            other, {}, {}, applied_offset=None, now=now_block, warm_done=True
+                        )
             ctx.counters["txs"] += len(txs)
             ctx.counters["scored"] += len(result.scored)
+
+    async def restore_warm(partition: int, st: PartitionState) -> None:
+        """After a restart, the warm-up txs this partition had buffered go back to the
+        core (or, if the model was fitted meanwhile, are scored and stored now)."""
+        if not st.warm:
+            return
+        txs, feature_rows = from_warm_entries(st.warm)
+        scored = core.restore(txs, feature_rows)
+        log.info("partition %d: %d warm-up txs restored", partition, len(txs))
+        if scored:
+            sink = await ctx.sink("transactions")
+            now = time.time()
+            version = core.model.version if core.model else ""
+            await ctx.call(
+                sink.insert,
+                "scores",
+                rows.score_rows(
+                    scored, model_version=version, feature_names=FEATURE_LIST, scored_at=now
+                ),
+            )
+            await store.save(partition, {}, {}, applied_offset=None, now=0.0, warm_done=True)
+            ctx.counters["scored"] += len(scored)
+
+    store.on_recover = restore_warm
 
     @app.agent(ctx.topic(TOPIC_CHAIN_TX), name="score-transactions")
     async def score_transactions(stream: faust.StreamT) -> None:

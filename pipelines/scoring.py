@@ -125,6 +125,9 @@ class BatchResult:
     alert_states: dict[str, EntityAlertState] = field(default_factory=dict)
     fitted: TxModel | None = None
     sequence: list[SequenceScore] = field(default_factory=list)  # empty when off
+    #: Txs (with feature rows) this call buffered for the warm-up, unscored: the caller
+    #: persists them so that a restart before the fit can put them back (`restore`).
+    buffered: list[tuple[Tx, np.ndarray]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,7 @@ class TxScoringCore:
             self._fanout(txs, alert_states, result)
         if self.model is None:
             if not self._collect_warmup(txs, rows):
+                result.buffered = list(zip(txs, rows, strict=True))
                 return result
             warm_all = np.vstack(self._warm_rows)
             ts = np.array([t.timestamp for t in self._warm_txs])
@@ -410,6 +414,29 @@ class TxScoringCore:
             block_number=tx.block_number,
             created_at=tx.timestamp,
         )
+
+    def restore(self, txs: list[Tx], rows: np.ndarray) -> list[ScoredTx]:
+        """Hand back warm-up txs that a restart took from the buffer (with their feature
+        rows, computed before the restart). Without a model they are buffered again and
+        scored at the fit; with one (the fit happened, but the restart came before their
+        scores were recorded) they are scored now. Never alerted on: their senders'
+        alert state has moved on since."""
+        if not txs:
+            return []
+        if self.model is None:
+            first = min(t.timestamp for t in txs)
+            if self._stream_start is None or first < self._stream_start:
+                self._stream_start = first
+                self._alert_from = first + self.cfg.window_s
+            self._warm_rows.extend(rows)
+            self._warm_txs.extend(txs)
+            return []
+        scores = self.model.forest.score(np.asarray(rows))
+        thr = float(self.model.threshold.threshold_)
+        return [
+            ScoredTx(tx, score, thr, row)
+            for tx, row, score in zip(txs, rows, scores.tolist(), strict=True)
+        ]
 
     def _collect_warmup(self, txs: list[Tx], rows: np.ndarray) -> bool:
         """Buffer rows until `warmup_rows` steady-state rows are in; True when ready.

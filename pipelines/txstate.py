@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
+
+from detector.types import Tx
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ class PartitionState:
     alerts: dict[str, dict[str, Any]] = field(default_factory=dict)
     applied_offset: int = -1
     evicted_at: float = float("-inf")
+    #: Warm-up entries (`warm_entry`): txs buffered, unscored, until the forest is fitted.
+    warm: list[list[Any]] = field(default_factory=list)
 
     def expired(self, now: float, horizon_s: float) -> list[str]:
         """Windows whose newest tx is older than `horizon_s`: featurize would trim all of
@@ -66,7 +72,12 @@ class PartitionState:
         windows: Mapping[str, list[Any]],
         alerts: Mapping[str, dict[str, Any]],
         evicted: Iterable[str],
+        warm: Iterable[list[Any]] = (),
+        warm_done: bool = False,
     ) -> None:
+        if warm_done:
+            self.warm.clear()
+        self.warm.extend(warm)
         for sender, (t, w) in windows.items():
             self.windows[sender] = w
             self.seen[sender] = t
@@ -83,32 +94,42 @@ def encode_delta(
     evicted: list[str],
     applied_offset: int,
     max_bytes: int = MAX_CHUNK_BYTES,
+    *,
+    warm: Iterable[list[Any]] = (),
+    warm_done: bool = False,
 ) -> list[bytes]:
     """One batch's changes as chunks of at most ~`max_bytes`; the last is marked.
 
     `windows` maps sender -> [newest tx time, window dict]; `evicted` lists dropped
-    windows (they ride on the last chunk, after every update of the batch).
+    windows and `warm_done` clears the warm-up entries (both ride on the last chunk);
+    `warm` holds the batch's warm-up entries.
     """
-    items = [("w", k, v) for k, v in windows.items()] + [("a", k, v) for k, v in alerts.items()]
+    items: list[tuple[str, str, Any]] = [("w", k, v) for k, v in windows.items()]
+    items += [("a", k, v) for k, v in alerts.items()]
+    items += [("m", "", e) for e in warm]
     chunks: list[bytes] = []
-    part: dict[str, dict[str, Any]] = {"w": {}, "a": {}}
+    part: dict[str, Any] = {"w": {}, "a": {}, "m": []}
     size = 0
     for kind, key, value in items:
         n = len(orjson.dumps(value)) + len(key) + 8
         if size and size + n > max_bytes:
-            chunks.append(_chunk(batch_id, len(chunks), part, [], None))
-            part, size = {"w": {}, "a": {}}, 0
-        part[kind][key] = value
+            chunks.append(_chunk(batch_id, len(chunks), part, [], False, None))
+            part, size = {"w": {}, "a": {}, "m": []}, 0
+        if kind == "m":
+            part["m"].append(value)
+        else:
+            part[kind][key] = value
         size += n
-    chunks.append(_chunk(batch_id, len(chunks), part, evicted, applied_offset))
+    chunks.append(_chunk(batch_id, len(chunks), part, evicted, warm_done, applied_offset))
     return chunks
 
 
 def _chunk(
     batch_id: str,
     seq: int,
-    part: dict[str, dict[str, Any]],
+    part: dict[str, Any],
     evicted: list[str],
+    warm_done: bool,
     applied: int | None,
 ) -> bytes:
     return orjson.dumps(
@@ -121,9 +142,52 @@ def _chunk(
             "applied_offset": applied,
             "windows": part["w"],
             "alerts": part["a"],
+            "warm": part["m"],
+            "warm_done": warm_done,
             "evicted": evicted,
         }
     )
+
+
+def warm_entry(tx: Tx, row: np.ndarray | Sequence[float]) -> list[Any]:
+    """A warm-up tx and its feature row as JSON (NaN becomes null; wei as strings)."""
+    values = row.tolist() if isinstance(row, np.ndarray) else list(row)
+    return [
+        tx.tx_hash,
+        tx.sender,
+        tx.to,
+        str(tx.value_wei),
+        str(tx.gas_price_wei),
+        tx.gas,
+        tx.nonce,
+        tx.selector,
+        tx.status,
+        tx.block_number,
+        tx.timestamp,
+        [v if math.isfinite(v) else None for v in values],
+    ]
+
+
+def from_warm_entries(entries: Sequence[list[Any]]) -> tuple[list[Tx], np.ndarray]:
+    """Inverse of `warm_entry` over a list: the txs and their (n, features) rows."""
+    txs = [
+        Tx(
+            tx_hash=e[0],
+            sender=e[1],
+            to=e[2],
+            value_wei=int(e[3]),
+            gas_price_wei=int(e[4]),
+            gas=e[5],
+            nonce=e[6],
+            selector=e[7],
+            status=e[8],
+            block_number=e[9],
+            timestamp=float(e[10]),
+        )
+        for e in entries
+    ]
+    rows = np.array([[np.nan if v is None else v for v in e[11]] for e in entries], dtype=float)
+    return txs, rows
 
 
 def encode_marker(marker_id: str) -> bytes:
@@ -156,7 +220,13 @@ class Replay:
         pending.append(msg)
         if msg["last"]:
             for chunk in self._open.pop(msg["batch"]):
-                self.state.apply(chunk["windows"], chunk["alerts"], chunk["evicted"])
+                self.state.apply(
+                    chunk["windows"],
+                    chunk["alerts"],
+                    chunk["evicted"],
+                    chunk.get("warm", ()),
+                    chunk.get("warm_done", False),
+                )
             self.state.applied_offset = max(self.state.applied_offset, msg["applied_offset"])
             self.deltas += 1
         return False
@@ -200,6 +270,9 @@ class StateLog:
         self.bootstrap = bootstrap
         self._send = send
         self._declare = declare  # coroutine function creating the topic, if needed
+        #: Called once per partition right after its recovery (warm-up entries are
+        #: handed back to the scoring core there).
+        self.on_recover: Callable[[int, PartitionState], Awaitable[None]] | None = None
         self.read_timeout_s = read_timeout_s
         self.partitions: dict[int, PartitionState] = {}
         self.locks: dict[int, asyncio.Lock] = {}
@@ -213,6 +286,8 @@ class StateLog:
         st = self.partitions.get(partition)
         if st is None:
             st = self.partitions[partition] = await self.recover(partition)
+            if self.on_recover is not None:
+                await self.on_recover(partition, st)
         return st
 
     def forget(self, partitions: Iterable[int]) -> None:
@@ -228,6 +303,8 @@ class StateLog:
         *,
         applied_offset: int | None,
         now: float,
+        warm: Sequence[list[Any]] = (),
+        warm_done: bool = False,
     ) -> None:
         """Write one batch's changes (acknowledged by the broker), then apply them here.
 
@@ -237,10 +314,12 @@ class StateLog:
         st = await self.state(partition)
         applied = st.applied_offset if applied_offset is None else applied_offset
         evicted = [s for s in st.expired(now, self.evict_after_s) if s not in windows]
-        chunks = encode_delta(uuid.uuid4().hex, windows, alerts, evicted, applied)
+        chunks = encode_delta(
+            uuid.uuid4().hex, windows, alerts, evicted, applied, warm=warm, warm_done=warm_done
+        )
         acks = [await self._send(partition, chunk) for chunk in chunks]
         await asyncio.gather(*acks)
-        st.apply(windows, alerts, evicted)
+        st.apply(windows, alerts, evicted, warm, warm_done)
         st.applied_offset = applied
 
     async def recover(self, partition: int) -> PartitionState:

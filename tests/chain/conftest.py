@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -102,6 +103,14 @@ def canonical_txs(url: str) -> dict[str, int]:
     head = int(rpc(url, "eth_blockNumber"), 16)
     blocks = rpc_batch(url, [("eth_getBlockByNumber", [hex(n), True]) for n in range(head + 1)])
     return {t["hash"].lower(): int(t["value"], 16) for b in blocks for t in b["transactions"]}
+
+
+def checkpoint_block(path: Path) -> int:
+    """The block of the follower's checkpoint mirror (`<data_dir>/follower/checkpoint.json`):
+    everything up to it is published and acknowledged; -1 before the first write."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return int(json.loads(path.read_text())["block_number"])
+    return -1
 
 
 @dataclass
@@ -276,3 +285,91 @@ async def wait_until(cond: Any, timeout: float, what: str, interval: float = 0.2
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+class TcpProxy:
+    """A loopback TCP forwarder in front of a JSON-RPC endpoint that can be cut and
+    restored (an RPC provider going away and coming back on the same address).
+
+    It runs its own event loop in a daemon thread, so sync tests (subprocess followers)
+    and async ones (in-process followers) use it alike. `cut()` closes the listening
+    socket and every open connection (keep-alive ones too): new connections are refused
+    until `restore()` listens on the same port again.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> TcpProxy:
+        self._thread.start()
+        self.restore()
+        return self
+
+    def _do(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    def restore(self) -> None:
+        async def listen() -> None:
+            self._server = await asyncio.start_server(
+                self._handle, "127.0.0.1", self.port, reuse_address=True
+            )
+
+        self._do(listen())
+
+    def cut(self) -> None:
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for w in list(self._writers):
+                w.close()
+            self._writers.clear()
+            if self._server is not None:
+                await self._server.wait_closed()
+                self._server = None
+
+        self._do(shutdown())
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self.cut()
+
+        async def drain() -> None:  # let the connection handlers finish (or cancel them)
+            me = asyncio.current_task()
+            rest = [t for t in asyncio.all_tasks() if t is not me]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        self._do(drain())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(Exception):
+                dst.close()
+            self._writers.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))

@@ -1,10 +1,13 @@
-"""Crash, restart and endpoint failure: every canonical tx lands in ClickHouse exactly once."""
+"""Crash, restart and endpoint failure: every canonical tx lands in ClickHouse exactly once.
+
+The whole-outage case (the only endpoint down for 30 s, end to end through the worker)
+is the drill `tests/drills/test_rpc_outage.py`; here the follower rotates to a second
+endpoint.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import subprocess
 import sys
 import time
@@ -17,15 +20,17 @@ from pipelines.chain.follower import Follower, backfill
 from pipelines.procs import ManagedProcess, free_port
 from pipelines.records import TOPIC_CHAIN_TX, decode_tx_batch
 from pipelines.stack import settings_env
-from tests.chain.conftest import REPO_ROOT, Rig, canonical_txs, mine_blocks, wait_until
+from tests.chain.conftest import (
+    REPO_ROOT,
+    Rig,
+    TcpProxy,
+    canonical_txs,
+    checkpoint_block,
+    mine_blocks,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def _mirror_block(path: Path) -> int:
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        return int(json.loads(path.read_text())["block_number"])
-    return -1
 
 
 async def _sink_until_final(rig: Rig, expected: dict[str, int], timeout: float = 60) -> int:
@@ -57,15 +62,15 @@ def test_follower_killed_mid_range_resumes_without_gap_or_double_count(rig: Rig)
 
     first = follower(1)
     try:
-        first.wait_healthy(lambda: _mirror_block(mirror) >= 20, timeout=60)
+        first.wait_healthy(lambda: checkpoint_block(mirror) >= 20, timeout=60)
     finally:
         first.kill()  # SIGKILL: no shutdown path runs
-    killed_at = _mirror_block(mirror)
+    killed_at = checkpoint_block(mirror)
     assert 20 <= killed_at < 300, f"not killed mid-range ({killed_at})"
 
     second = follower(2)
     try:
-        second.wait_healthy(lambda: _mirror_block(mirror) >= 300, timeout=90)
+        second.wait_healthy(lambda: checkpoint_block(mirror) >= 300, timeout=90)
     finally:
         second.stop()
     published = asyncio.run(_sink_until_final(rig, expected))
@@ -94,49 +99,14 @@ def _get(url: str) -> str:
         return str(r.read().decode())
 
 
-class TcpProxy:
-    """A loopback TCP forwarder that can be shut down (an RPC provider going away)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.server: asyncio.AbstractServer | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> TcpProxy:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        return self
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self.writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            with contextlib.suppress(Exception):
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    async def shutdown(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in list(self.writers):
-            w.close()
-        await self.server.wait_closed()
-
-
 def test_endpoint_going_down_mid_run_rotates_without_gap(rig: Rig) -> None:
     anvil_port = int(rig.rpc_url.rsplit(":", 1)[1])
 
     async def go() -> None:
-        proxy = await TcpProxy(anvil_port).start()
+        proxy = TcpProxy(anvil_port).start()
         metrics_port = free_port()
         settings = rig.settings(
-            rpc_url=f"http://127.0.0.1:{proxy.port}",
+            rpc_url=proxy.url,
             rpc_urls=[rig.rpc_url],
             rpc_timeout_s=2.0,
             metrics_port=metrics_port,
@@ -153,7 +123,7 @@ def test_endpoint_going_down_mid_run_rotates_without_gap(rig: Rig) -> None:
                         20,
                         "progress through the first endpoint",
                     )
-                    await proxy.shutdown()
+                    await asyncio.to_thread(proxy.cut)
                 await asyncio.sleep(0.03)
             await wait_until(lambda: f.checkpoint and f.checkpoint.block_number >= 30, 30, "b30")
             metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{metrics_port}/metrics")
@@ -163,8 +133,9 @@ def test_endpoint_going_down_mid_run_rotates_without_gap(rig: Rig) -> None:
             errors = f.pool.endpoints[0].errors
             current = f.pool.current.url
             await f.stop()
+            proxy.close()
         assert errors >= 1 and current == rig.rpc_url
-        down = f"http://127.0.0.1:{proxy.port}"
+        down = proxy.url
         for line in (
             f'vigil_rpc_endpoint_up{{endpoint="{down}"}} 0.0',
             f'vigil_rpc_errors_total{{endpoint="{down}",kind="connection"}}',

@@ -4,7 +4,13 @@ Each drill gets its own Tansu broker, embedded ClickHouse (`python -m
 pipelines.storage.chserver`, restartable on the same data dir and port) and one or
 more Faust workers (`python -m pipelines.cli worker`) as subprocesses. There is no
 chain: the drills produce `chain.tx.v1` messages themselves, exactly as the
-follower would (`build_batches`-shaped `TxBatchRecord`s keyed by sender shard).
+follower would (`build_batches`-shaped `TxBatchRecord`s keyed by sender shard), except
+the RPC outage drill, which adds anvil and the real follower.
+
+Every stack runs with secrets set: ClickHouse requires a password and the workers (and
+follower) get a monitor private key, both random per stack. When the stack stops, no
+log of any part may contain either (`DrillStack.assert_no_secrets_in_logs`), so every
+drill, outages and hostile input included, is also a secret-leak check.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import sys
 import time
 import urllib.request
@@ -138,7 +145,12 @@ class DrillStack:
     broker: ManagedProcess | None = None
     ch: ManagedProcess | None = None
     workers: list[ManagedProcess] = field(default_factory=list)
+    others: list[ManagedProcess] = field(default_factory=list)  # anvil, follower: stopped first
     worker_ports: dict[str, int] = field(default_factory=dict)
+    # Secrets of this stack (random, never a default): ClickHouse's password and the
+    # monitor key handed to every worker and follower. No log may ever contain them.
+    ch_password: str = field(default_factory=lambda: "drill-" + secrets.token_hex(12))
+    monitor_key: str = field(default_factory=lambda: "0x" + secrets.token_hex(32))
     _ch_starts: int = 0
 
     @property
@@ -172,7 +184,7 @@ class DrillStack:
         self.broker.wait_healthy(lambda: port_open("127.0.0.1", self.kafka_port), timeout=30)
         asyncio.run(create_topics(self.bootstrap, self.partitions))
         self.start_clickhouse()
-        client = connect(self.ch_url, "default", "", None)
+        client = connect(self.ch_url, "default", self.ch_password, None)
         migrate(client, "vigil")
         client.close()
         return self
@@ -193,6 +205,7 @@ class DrillStack:
                 str(self.ch_port),
             ],
             log_path=self.logs / f"clickhouse-{self._ch_starts}.log",
+            env={"VIGIL_CLICKHOUSE_PASSWORD": self.ch_password},
             cwd=REPO_ROOT,
         ).start()
         self.ch.wait_healthy(lambda: ping(self.ch_url, timeout=0.5), timeout=90)
@@ -203,20 +216,24 @@ class DrillStack:
         self.ch.stop(timeout=30)
         return self.ch.proc.returncode
 
-    def settings(self, name: str) -> Settings:
+    def settings(self, name: str, **overrides: Any) -> Settings:
         port = self.worker_ports.setdefault(name, free_port())
-        return Settings(
-            embedded=True,
+        base: dict[str, Any] = dict(
+            embedded=False,  # the random monitor key is not a dev key: no demo exemption
             data_dir=self.root / name,
             kafka_bootstrap=self.bootstrap,
             clickhouse_url=self.ch_url,
-            rpc_url=f"http://127.0.0.1:{free_port()}",  # no chain in the drills
+            clickhouse_password=self.ch_password,
+            rpc_url=f"http://127.0.0.1:{free_port()}",  # no chain unless a drill adds one
             node_registry_address=None,
+            monitor_private_key=self.monitor_key,
             topic_partitions=self.partitions,
             worker_web_port=port,
             warmup_rows=50,
             seed=7,
         )
+        base.update(overrides)
+        return Settings(**base)
 
     def start_worker(self, name: str = "worker", timeout: float = 120) -> ManagedProcess:
         """One Faust worker (same app id for all); returns once /health answers."""
@@ -242,12 +259,38 @@ class DrillStack:
         p = self.logs / f"{name}.log"
         return p.read_text(errors="replace") if p.exists() else ""
 
+    def start_follower(self, name: str = "follower", **overrides: Any) -> ManagedProcess:
+        """`vigil follow` (the real block follower) as a subprocess; `overrides` set its
+        settings (at least `rpc_url`). Returns once it runs; the caller checks progress."""
+        s = self.settings(name, **overrides)
+        f = ManagedProcess(
+            name,
+            [sys.executable, "-m", "pipelines.cli", "follow"],
+            log_path=self.logs / f"{name}.log",
+            env=settings_env(s),
+            cwd=REPO_ROOT,
+        ).start()
+        self.others.append(f)
+        return f
+
     def stop(self) -> None:
-        for w in reversed(self.workers):
-            w.stop(timeout=15)
-        for p in (self.ch, self.broker):
+        for p in [*reversed(self.others), *reversed(self.workers), self.ch, self.broker]:
             if p is not None:
                 p.stop(timeout=15)
+
+    def assert_no_secrets_in_logs(self) -> None:
+        """No log of any part (workers, follower, ClickHouse, broker, anvil) contains the
+        ClickHouse password or the monitor key, in any spelling."""
+        key = self.monitor_key.lower().removeprefix("0x")
+        needles = {
+            self.ch_password: "the ClickHouse password",
+            key: "the monitor key",
+            key.upper(): "the monitor key",
+        }
+        for log in sorted(self.logs.glob("*.log")):
+            text = log.read_text(errors="replace")
+            leaked = sorted({what for n, what in needles.items() if n in text})
+            assert not leaked, f"{log.name} contains {' and '.join(leaked)}"
 
     # --- Kafka ------------------------------------------------------------------
 
@@ -301,7 +344,7 @@ class DrillStack:
     # --- ClickHouse ---------------------------------------------------------------
 
     def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-        c = connect(self.ch_url, "default", "", "vigil")
+        c = connect(self.ch_url, "default", self.ch_password, "vigil")
         try:
             return [tuple(r) for r in c.query(sql, parameters=params or None).result_rows]
         finally:
@@ -343,11 +386,12 @@ class DrillStack:
 def drill_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DrillStack]:
     """A fresh broker + ClickHouse (1 partition per topic; parametrize indirectly for
     more). Logs stay in `<tmp_path>/logs/`; `VIGIL_DRILL_LOGS=1` prints their tails."""
-    stack = DrillStack(tmp_path, partitions=getattr(request, "param", 1)).start()
+    stack = DrillStack(tmp_path, partitions=getattr(request, "param", 1))
     try:
-        yield stack
+        yield stack.start()
     finally:
         stack.stop()
         if os.environ.get("VIGIL_DRILL_LOGS"):
             for log in sorted(stack.logs.glob("*.log")):
                 print(f"--- {log}\n{log.read_text(errors='replace')[-3000:]}")
+    stack.assert_no_secrets_in_logs()  # after every drill: outages and bad input leak nothing

@@ -112,3 +112,40 @@ def test_kill9_mid_stream_every_tx_stored_and_scored_once(
         f"{seen // plan.per_block + 1}"
     )
     assert not differ, f"{len(differ)} txs scored from state that the restart got wrong"
+
+
+def test_kill9_during_warm_up_loses_no_scores(drill_stack: DrillStack) -> None:
+    """The forest is fitted only after a warm-up; txs that arrive before are buffered
+    unscored (their offsets already committed). The state log keeps them, so a worker
+    killed before the fit scores them after the restart, once, from the same features."""
+    st = drill_stack
+    plan = TxPlan(senders=8, per_block=40)
+    messages: list[bytes] = []
+
+    def produce(blocks: int) -> None:
+        msgs = plan.blocks(blocks)
+        messages.extend(v for _, v in msgs)
+        st.produce(msgs)
+
+    worker = st.start_worker()
+    produce(25)  # 25 s of block time: the 30 s windows are still filling, no fit yet
+    wait_for(lambda: st.health()["txs"] >= len(plan.produced), 90, "the warm-up batches")
+    assert st.health()["warming_up"] == 1
+    time.sleep(4)  # past Faust's commit interval: the buffered txs' offsets are committed
+    worker.kill()
+    assert st.tx_counts()[2] == 0, "nothing is scored before the fit"
+
+    st.start_worker()
+    produce(30)
+    st.wait_stored(len(plan.produced), timeout=150)
+    st.assert_exactly_once(plan.produced)
+    expect = offline_features(messages)
+    stored = {
+        r[0]: json.loads(r[1]) for r in st.query("SELECT tx_hash, features FROM scores FINAL")
+    }
+    differ = [
+        tx
+        for tx, row in expect.items()
+        if not _same(row, [stored[tx].get(n) for n in FEATURE_NAMES])
+    ]
+    assert not differ, f"{len(differ)} txs scored from state that the restart got wrong"

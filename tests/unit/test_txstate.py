@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from pipelines.txstate import PartitionState, encode_delta, encode_marker, replay
+import numpy as np
+
+from detector.features import FEATURE_NAMES
+from detector.types import Tx
+from pipelines.txstate import (
+    PartitionState,
+    encode_delta,
+    encode_marker,
+    from_warm_entries,
+    replay,
+    warm_entry,
+)
 
 
 def _window(n: int) -> dict[str, object]:
@@ -72,3 +83,49 @@ def test_expired_lists_idle_windows_at_most_once_per_horizon() -> None:
     assert st.expired(100.0, 60.0) == ["0xa"]
     assert st.expired(110.0, 60.0) == []  # checked again only a horizon later
     assert st.expired(170.0, 60.0) == ["0xa", "0xb"]
+
+
+def _tx(i: int, t: float) -> Tx:
+    return Tx(
+        tx_hash=f"0x{i:064x}",
+        sender=f"0x{i % 5:040x}",
+        to=f"0x{99:040x}",
+        value_wei=10**30 + i,  # beyond 64 bits: kept exact
+        gas_price_wei=2**70,
+        gas=21_000,
+        nonce=i,
+        selector="",
+        status=1,
+        block_number=i,
+        timestamp=t,
+    )
+
+
+def test_warm_up_entries_round_trip_and_clear_once_scored() -> None:
+    txs = [_tx(i, 100.0 + i) for i in range(4)]
+    rows = np.array([[1.0, np.nan], [2.0, 3.0], [np.nan, np.nan], [0.5, 0.25]])
+    entries = [warm_entry(t, r) for t, r in zip(txs, rows, strict=True)]
+    a = encode_delta("b1", {}, {}, [], 3, warm=entries[:2])
+    b = encode_delta("b2", {}, {}, [], 4, warm=entries[2:], max_bytes=200)
+    r = replay([*a, *b, encode_marker("m")], "m")
+    back_txs, back_rows = from_warm_entries(r.state.warm)
+    assert back_txs == txs
+    np.testing.assert_array_equal(back_rows, rows)
+    done = encode_delta("b3", {}, {}, [], 5, warm_done=True)
+    assert replay([*a, *b, *done, encode_marker("m")], "m").state.warm == []
+
+
+def test_core_restore_buffers_before_the_fit_and_scores_after() -> None:
+    from pipelines.scoring import ScoringConfig, TxScoringCore, fit_model
+
+    cfg = ScoringConfig(warmup_rows=20)
+    txs = [_tx(i, 1000.0 + i) for i in range(3)]
+    rows = np.random.default_rng(0).normal(size=(3, len(FEATURE_NAMES)))
+    core = TxScoringCore(cfg)
+    assert core.restore(txs, rows) == []  # no model yet: back into the warm-up buffer
+    assert core._warm_txs == txs and core._stream_start == 1000.0
+
+    core.model = fit_model(np.random.default_rng(1).normal(size=(64, len(FEATURE_NAMES))), cfg)
+    scored = core.restore(txs, rows)  # fitted meanwhile: scored now, once
+    assert [s.tx for s in scored] == txs
+    assert all(np.isfinite(s.score) for s in scored)
