@@ -278,26 +278,47 @@ class Context:
         await (await self.topic(topic).send(key=key.encode(), value=value))
 
     async def dead_letter(self, sink: Sink, topic: str, event: Any, reason: str) -> None:
-        msg = event.message
+        await self.dead_letters(sink, topic, [(event, reason)])
+
+    async def dead_letters(self, sink: Sink, topic: str, items: list[tuple[Any, str]]) -> None:
+        """Refused events: one `dlq` insert for all of them (durable first), then their
+        records to `<topic>.dlq`, sent together and awaited together."""
+        if not items:
+            return
         now = time.time()
-        self.counters["dlq"] += 1
-        log.warning("%s[%d]@%d -> dlq: %s", topic, msg.partition, msg.offset, reason)
-        raw = event.value if isinstance(event.value, bytes) else None
-        rec = dead_letter_record(topic, msg.partition, msg.offset, reason, raw, now)
-        await self.call(
-            sink.insert, "dlq", [rows.dlq_row(topic, msg.partition, msg.offset, reason, raw, now)]
-        )
-        try:
-            await (await self.topic(dlq_topic(topic), 1).send(key=msg.key, value=rec.dumps()))
-        except Exception:  # the ClickHouse row above already holds it: never crash here
-            self.counters["dlq_send_failed"] = self.counters.get("dlq_send_failed", 0) + 1
-            log.exception(
-                "could not send the dead letter of %s[%d]@%d to %s",
-                topic,
-                msg.partition,
-                msg.offset,
-                dlq_topic(topic),
+        dlq_rows, records = [], []
+        for event, reason in items:
+            msg = event.message
+            log.warning("%s[%d]@%d -> dlq: %s", topic, msg.partition, msg.offset, reason)
+            raw = event.value if isinstance(event.value, bytes) else None
+            dlq_rows.append(rows.dlq_row(topic, msg.partition, msg.offset, reason, raw, now))
+            records.append(
+                (msg, dead_letter_record(topic, msg.partition, msg.offset, reason, raw, now))
             )
+        self.counters["dlq"] += len(items)
+        await self.call(sink.insert, "dlq", dlq_rows)
+        out = self.topic(dlq_topic(topic), 1)
+        acks: list[tuple[Any, Any]] = []
+        for msg, rec in records:
+            try:
+                acks.append((msg, await out.send(key=msg.key, value=rec.dumps())))
+            except Exception:  # the ClickHouse row above already holds it: never crash here
+                self._dlq_send_failed(topic, msg)
+        for msg, ack in acks:
+            try:
+                await ack
+            except Exception:
+                self._dlq_send_failed(topic, msg)
+
+    def _dlq_send_failed(self, topic: str, msg: Any) -> None:
+        self.counters["dlq_send_failed"] = self.counters.get("dlq_send_failed", 0) + 1
+        log.exception(
+            "could not send the dead letter of %s[%d]@%d to %s",
+            topic,
+            msg.partition,
+            msg.offset,
+            dlq_topic(topic),
+        )
 
     async def publish_alerts(self, sink: Sink, alerts: list[Alert]) -> None:
         """Store alerts and their evidence, then hand them to enforcement."""
@@ -484,14 +505,16 @@ def _transaction_agents(ctx: Context) -> None:
         take = cast(faust.Stream, stream).take_events  # StreamT does not declare it
         async for events in take(settings.batch_size, within=settings.batch_within_s):
             by_partition: dict[int, list[tuple[Any, TxBatch]]] = {}
+            refused: list[tuple[Any, str]] = []
             for event in events:
                 ctx.counters["events"] += 1
                 try:
                     batch = decode_tx_batch(event.value)
                 except InvalidMessage as e:
-                    await ctx.dead_letter(sink, TOPIC_CHAIN_TX, event, str(e))
+                    refused.append((event, str(e)))
                     continue
                 by_partition.setdefault(event.message.partition, []).append((event, batch))
+            await ctx.dead_letters(sink, TOPIC_CHAIN_TX, refused)
             for partition, group in by_partition.items():
                 try:
                     await score_group(sink, partition, group)
