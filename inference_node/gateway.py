@@ -146,7 +146,9 @@ def parse_nodes(value: str) -> list[NodeEndpoint]:
 class GatewaySettings(BaseSettings):
     """All of the gateway's configuration, from `VIGIL_GATEWAY_*` variables."""
 
-    model_config = SettingsConfigDict(env_prefix="VIGIL_GATEWAY_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_GATEWAY_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

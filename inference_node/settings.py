@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inference_node.devkeys import dev_key_message, is_dev_key
+
 FaultName = Literal["none", "overclaim", "lazy", "slow", "flaky", "offline", "sybil"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -29,7 +31,17 @@ class NodeConfigError(ValueError):
 class NodeSettings(BaseSettings):
     """All of one inference node's configuration."""
 
-    model_config = SettingsConfigDict(env_prefix="VIGIL_NODE_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a validation error must not echo a key (or part of one).
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_NODE_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
+
+    # --- deployment mode -----------------------------------------------------
+    embedded: bool = Field(
+        False,
+        description="True only for the nodes of the embedded demo stack (`vigil up` sets "
+        "VIGIL_NODE_EMBEDDED): allows anvil's well-known development keys.",
+    )
 
     # --- identity ------------------------------------------------------------
     node_id: str = Field(
@@ -133,6 +145,19 @@ class NodeSettings(BaseSettings):
             raise NodeConfigError(f"chain settings incomplete: set {missing} too (or none)")
         if self.max_batch_size > self.queue_limit * self.max_inputs_per_request:
             raise NodeConfigError("max_batch_size can never fill: raise queue_limit")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> NodeSettings:
+        key = self.operator_private_key
+        if key is not None and not self.embedded and is_dev_key(key.get_secret_value()):
+            raise NodeConfigError(
+                dev_key_message(
+                    "operator_private_key",
+                    "VIGIL_NODE_OPERATOR_PRIVATE_KEY",
+                    "VIGIL_NODE_EMBEDDED",
+                )
+            )
         return self
 
     @property

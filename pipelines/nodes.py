@@ -113,6 +113,9 @@ def node_env(
     challenge_token: str = "",
 ) -> dict[str, str]:
     env = {
+        # Local nodes sign with anvil dev keys, which a node refuses unless told that
+        # it belongs to the embedded demo stack.
+        "VIGIL_NODE_EMBEDDED": "true",
         "VIGIL_NODE_NODE_ID": spec.id,
         "VIGIL_NODE_NODE_ADDRESS": spec.address,
         "VIGIL_NODE_OPERATOR_PRIVATE_KEY": spec.operator_key,

@@ -919,6 +919,12 @@ def render_markdown(r: ScenarioResult, plots: Mapping[str, str] | None = None) -
         "largest score) or a behaviour rule (`detector.bot_rules`: dusting, machine-priced "
         "repeated calls). Rule-only alerts are MEDIUM, so slower bots are detected before "
         "they are throttled.",
+        "- The simulator's wallets quote round gas prices and its bots price to the wei, "
+        "which two of the behaviour rules use. On chains where precise prices are normal "
+        "(EIP-1559 effective prices are base fee plus tip for everyone) the core sees it "
+        "in the warm-up traffic and turns those two rules off (`BotRules.gas_rules_apply`); "
+        "the recall above rests partly on them: with both off, held-out recall falls to "
+        "0.00 for arbitrage bots and 0.56 for wash traders (the other families unchanged).",
         "- Sybil wallets send a handful of transactions each and look human on their own; "
         "the farm is caught on the funder's side (`detector.sybil`: equal amounts to 5+ "
         "distinct recipients within 60 s), which names the funder and every funded wallet, "

@@ -21,20 +21,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-# anvil's well-known development accounts (public test mnemonic). Accepted only
-# when `embedded` is true: a default secret must never protect real funds.
-ANVIL_DEV_KEYS: tuple[str, ...] = (
-    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
-    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
-    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
-    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
-    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
-    "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
-    "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
-    "0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356",
-    "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
-    "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
-)
+# The list is shared with the inference node, which may not import `pipelines`.
+from inference_node.devkeys import ANVIL_DEV_KEYS, dev_key_message, is_dev_key
+
+__all__ = ["ANVIL_DEV_KEYS", "ConfigError", "Settings"]
 
 
 class ConfigError(ValueError):
@@ -44,7 +34,10 @@ class ConfigError(ValueError):
 class Settings(BaseSettings):
     """All of Vigil's configuration."""
 
-    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a validation error must not echo a secret (or part of one).
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     # --- deployment mode -------------------------------------------------------
     embedded: bool = Field(
@@ -190,15 +183,14 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
         key = self.monitor_private_key
-        if key is not None and not self.embedded:
-            k = key.get_secret_value().lower()
-            k = k if k.startswith("0x") else "0x" + k
-            if k in ANVIL_DEV_KEYS:
-                raise ConfigError(
-                    "monitor_private_key is a well-known anvil development key; it is only "
-                    "accepted by the embedded demo stack. Set VIGIL_MONITOR_PRIVATE_KEY or "
-                    "VIGIL_MONITOR_KEYSTORE_PATH to a key of your own."
+        if key is not None and not self.embedded and is_dev_key(key.get_secret_value()):
+            raise ConfigError(
+                dev_key_message(
+                    "monitor_private_key",
+                    "VIGIL_MONITOR_PRIVATE_KEY (or VIGIL_MONITOR_KEYSTORE_PATH)",
+                    "VIGIL_EMBEDDED",
                 )
+            )
         return self
 
     @property

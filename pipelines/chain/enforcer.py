@@ -35,6 +35,7 @@ from web3.exceptions import ContractCustomError, TimeExhausted, Web3Exception
 from web3.logs import DISCARD
 
 from detector.policy import ActionDecision, ActionKind, ChainView
+from inference_node.devkeys import dev_key_message, is_dev_key
 from pipelines.chain.contracts import decode_custom_error
 from pipelines.settings import ConfigError, Settings
 
@@ -118,6 +119,14 @@ def load_monitor_account(settings: Settings) -> LocalAccount:
             raise ConfigError(
                 f"cannot decrypt keystore {settings.monitor_keystore_path}: wrong password?"
             ) from None
+        if is_dev_key(bytes(key).hex()) and not settings.embedded:
+            raise ConfigError(
+                dev_key_message(
+                    f"the key in {settings.monitor_keystore_path}",
+                    "VIGIL_MONITOR_KEYSTORE_PATH",
+                    "VIGIL_EMBEDDED",
+                )
+            )
         return Account.from_key(key)
     raise ConfigError(
         "no monitor key: set VIGIL_MONITOR_PRIVATE_KEY or VIGIL_MONITOR_KEYSTORE_PATH "

@@ -43,6 +43,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from prometheus_client import Counter
 
 from detector.types import Tx
 from pipelines.chain.decode import ChainDecoder, default_decoder
@@ -590,6 +591,13 @@ def state_path(settings: Settings) -> Path:
 ProgressFn = Callable[[int, int], None]  # (newest confirmed block, head)
 
 
+def counter_total(counter: Counter) -> int:
+    """A Prometheus counter's value summed over all its label sets."""
+    return int(
+        sum(x.value for m in counter.collect() for x in m.samples if x.name.endswith("_total"))
+    )
+
+
 class Follower:
     """Follows one chain (or backfills a range) and publishes its transactions."""
 
@@ -625,14 +633,16 @@ class Follower:
         self.checkpoint: Checkpoint | None = None
         self.chain_id = 0
         self.head = -1
-        self.stats = {
+        self._counts = {
             "blocks": 0,
             "txs": 0,
             "unconfirmed_blocks": 0,
             "reorgs": 0,
             "orphaned_txs": 0,
-            "rpc_errors": 0,
         }
+        # RPC errors have one count, `vigil_rpc_errors_total`; `stats` reads it (minus
+        # what it held before this follower: the metrics may be shared).
+        self._rpc_errors_before = counter_total(self.metrics.rpc_errors)
         self._block_receipts = True
         self._stop = asyncio.Event()
         self._metrics_server: Any = None
@@ -709,6 +719,14 @@ class Follower:
         self._stop.set()
 
     @property
+    def stats(self) -> dict[str, int]:
+        """The run summary. `rpc_errors` is what `vigil_rpc_errors_total` counted while
+        this follower ran: every endpoint failure (connection, timeout, rate limit, HTTP
+        error, bad reply, health probe) and every JSON-RPC error answer (`rpc_error`)."""
+        rpc_errors = counter_total(self.metrics.rpc_errors) - self._rpc_errors_before
+        return {**self._counts, "rpc_errors": rpc_errors}
+
+    @property
     def done(self) -> bool:
         """A bounded run (backfill) published its last block as confirmed."""
         cp = self.checkpoint
@@ -732,7 +750,9 @@ class Follower:
             except PoolClosed:
                 break
             except RpcError as e:  # an endpoint answered, but not usefully: retry later
-                self.stats["rpc_errors"] += 1
+                # The pool counts its endpoint failures in the metric; call errors it
+                # passes up (the endpoint answered) are counted here, in the same place.
+                self.metrics.rpc_errors.labels(self.pool.current.label, "rpc_error").inc()
                 log.warning("JSON-RPC call failed, retrying: %s", e)
                 moved = False
             except KafkaError as e:  # nothing was checkpointed: the step is retried whole
@@ -949,10 +969,10 @@ class Follower:
         for lane, b in lanes:
             self.metrics.published(lane, b.block_number, b.block_time, len(b.txs))
             if lane == "confirmed":
-                self.stats["blocks"] += 1
-                self.stats["txs"] += len(b.txs)
+                self._counts["blocks"] += 1
+                self._counts["txs"] += len(b.txs)
             else:
-                self.stats["unconfirmed_blocks"] += 1
+                self._counts["unconfirmed_blocks"] += 1
 
     def _producer(self) -> AIOKafkaProducer:
         if self.producer is None:
@@ -989,8 +1009,8 @@ class Follower:
             log.info("epoch moved to %d while retracting (another cursor)", new_epoch)
         n_txs = sum(len(b.txs) for b in orphans)
         depth = tip[0] - ancestor
-        self.stats["reorgs"] += 1
-        self.stats["orphaned_txs"] += n_txs
+        self._counts["reorgs"] += 1
+        self._counts["orphaned_txs"] += n_txs
         self.metrics.reorg(depth, n_txs)
         log.warning(
             "reorg: blocks %d..%d orphaned (%d txs retracted), common ancestor %d, epoch %d",

@@ -6,13 +6,18 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from pipelines.chain.follower import Follower
+from pipelines.chain.metrics import FollowerMetrics
 from pipelines.chain.rpc import PoolHooks, RpcError, RpcPool, RpcUnavailable
 from pipelines.procs import free_port
+from pipelines.settings import Settings
 
 
 @dataclass
@@ -227,3 +232,70 @@ def test_health_check_marks_a_stale_endpoint_down_and_a_healed_one_up() -> None:
             await b.stop()
 
     run(go)
+
+
+# ------------------------------------------------------- follower summary vs metric
+
+
+def _metric(f: Any, endpoint: str, kind: str) -> float:
+    value = f.metrics.registry.get_sample_value(
+        "vigil_rpc_errors_total", {"endpoint": endpoint, "kind": kind}
+    )
+    return float(value or 0.0)
+
+
+def test_follower_summary_counts_the_rpc_errors_the_metric_counts(tmp_path: Path) -> None:
+    """An outage of the only endpoint (connection refused): the run summary's
+    `rpc_errors` is `vigil_rpc_errors_total`, not 0."""
+
+    async def go() -> None:
+        a = await FakeNode().start()
+        port = a.port
+        f = Follower(Settings(rpc_url=a.url, data_dir=tmp_path))
+        f.pool.backoff_base_s, f.pool.backoff_max_s = 0.02, 0.1
+        label = f.pool.endpoints[0].label
+        try:
+            await f.pool.start(health_loop=False)
+            assert f.stats["rpc_errors"] == 0
+            await a.stop()  # the outage
+            pending = asyncio.create_task(f.pool.call("echo", 5))
+            await asyncio.sleep(0.4)
+            a2 = await FakeNode(port=port).start()
+            assert await asyncio.wait_for(pending, 5) == 5
+            await a2.stop()
+        finally:
+            await f.pool.close()
+        failures = _metric(f, label, "connection")
+        assert failures >= 2
+        assert f.stats["rpc_errors"] == failures == f.pool.endpoints[0].errors
+
+    run(go)
+
+
+def test_follower_counts_json_rpc_error_answers_in_the_metric_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call error the follower retries (`RpcError`) is counted once, in the metric
+    (kind `rpc_error`), and the summary reads it from there."""
+    shared = FollowerMetrics()
+    shared.rpc_errors.labels("http://other:1", "timeout").inc(3)  # before this follower
+    f = Follower(
+        Settings(rpc_url="http://127.0.0.1:1", data_dir=tmp_path, poll_interval_s=0.01),
+        metrics=shared,
+    )
+    polls = 0
+
+    async def poll_once() -> bool | None:
+        nonlocal polls
+        polls += 1
+        if polls <= 2:
+            raise RpcError("eth_getBlockByNumber", -32000, "header not found")
+        f.request_stop()
+        return None
+
+    monkeypatch.setattr(f, "poll_once", poll_once)
+    monkeypatch.setattr(f, "_cp", lambda: SimpleNamespace(block_number=0, epoch=lambda: 0))
+    asyncio.run(f.run())
+    assert polls == 3
+    assert _metric(f, f.pool.current.label, "rpc_error") == 2
+    assert f.stats["rpc_errors"] == 2  # only this follower's, not the 3 before it

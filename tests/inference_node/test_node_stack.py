@@ -72,6 +72,7 @@ class Stack:
 
     def settings(self, key_index: int, **kw: Any) -> NodeSettings:
         base: dict[str, Any] = {
+            "embedded": True,  # anvil dev keys: accepted by embedded-demo nodes only
             "device": "cpu",
             "rpc_url": self.rpc_url,
             "registry_address": self.registry_address,
@@ -326,6 +327,7 @@ def test_register_command(stack: Stack) -> None:
         "VIGIL_NODE_ABI_PATH": str(stack.abi_path),
         "VIGIL_NODE_OPERATOR_PRIVATE_KEY": DEV_ACCOUNTS[8][1],
         "VIGIL_NODE_PUBLIC_URL": "https://node.example:8100",
+        "VIGIL_NODE_EMBEDDED": "true",
     }
     cmd = [sys.executable, "-m", "inference_node", "register", "--stake-wei", str(2 * ETH)]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=60, check=True)
@@ -339,6 +341,12 @@ def test_register_command(stack: Stack) -> None:
         cmd, cwd=ROOT, env={**env, "VIGIL_NODE_RPC_URL": ""}, capture_output=True, timeout=60
     )
     assert bad.returncode != 0 and b"chain settings" in bad.stderr
+    dev = subprocess.run(  # the same dev key outside the embedded demo: refused, not echoed
+        cmd, cwd=ROOT, env={**env, "VIGIL_NODE_EMBEDDED": "false"}, capture_output=True, timeout=60
+    )
+    assert dev.returncode != 0 and b"well-known anvil development key" in dev.stderr
+    assert b"VIGIL_NODE_OPERATOR_PRIVATE_KEY" in dev.stderr
+    assert DEV_ACCOUNTS[8][1][2:].encode() not in dev.stdout + dev.stderr
 
 
 def test_serve_entry_point_runs_a_real_node(stack: Stack, tmp_path: Path) -> None:
@@ -353,6 +361,7 @@ def test_serve_entry_point_runs_a_real_node(stack: Stack, tmp_path: Path) -> Non
         "VIGIL_NODE_REGISTRY_ADDRESS": stack.registry_address,
         "VIGIL_NODE_ABI_PATH": str(stack.abi_path),
         "VIGIL_NODE_OPERATOR_PRIVATE_KEY": key,
+        "VIGIL_NODE_EMBEDDED": "true",
         "VIGIL_NODE_REGISTER_STAKE_WEI": str(ETH),
         "VIGIL_NODE_KAFKA_BOOTSTRAP": stack.bootstrap,
         "VIGIL_NODE_SETTLE_INTERVAL_S": "3600",

@@ -9,13 +9,14 @@ import logging
 import pytest
 from pydantic import ValidationError
 
+from inference_node.devkeys import ANVIL_DEV_KEYS
 from inference_node.faults import FaultConfig, FaultInjector, InjectedFault
 from inference_node.metering import ChallengeStore, UsageMeter
 from inference_node.settings import NodeSettings
 from inference_node.telemetry import TelemetryBuffer, TelemetryRecord
 from inference_node.throttle import ThrottleCache
 
-KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+KEY = "0x" + "5a" * 32  # an operator key of one's own (not an anvil dev key)
 ADDR = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 TELEMETRY_FIELDS = {
     "schema_version",
@@ -56,6 +57,46 @@ def test_invalid_settings_fail_at_startup() -> None:
         NodeSettings(rpc_url="http://127.0.0.1:8545")
     with pytest.raises(ValidationError):
         NodeSettings(max_batch_size=0)
+
+
+@pytest.mark.parametrize("index", range(len(ANVIL_DEV_KEYS)))
+def test_dev_keys_are_refused_outside_the_embedded_demo(index: int) -> None:
+    key = ANVIL_DEV_KEYS[index]
+    for spelling in (key, key[2:], key.upper().replace("0X", "0x")):
+        with pytest.raises(ValidationError, match="well-known anvil development key") as e:
+            NodeSettings(operator_private_key=spelling)  # type: ignore[arg-type]
+        text = str(e.value)
+        assert "VIGIL_NODE_OPERATOR_PRIVATE_KEY" in text and "VIGIL_NODE_EMBEDDED" in text
+        assert key[2:22] not in text.lower() and key[-20:] not in text.lower()  # not echoed
+
+
+def test_dev_keys_are_refused_from_the_environment_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_NODE_OPERATOR_PRIVATE_KEY", ANVIL_DEV_KEYS[3])
+    with pytest.raises(ValidationError, match="only accepted by the embedded demo stack"):
+        NodeSettings()
+    monkeypatch.setenv("VIGIL_NODE_EMBEDDED", "false")
+    with pytest.raises(ValidationError, match="well-known anvil development key"):
+        NodeSettings()
+
+
+def test_the_embedded_demo_accepts_dev_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = NodeSettings(operator_private_key=ANVIL_DEV_KEYS[3], embedded=True)  # type: ignore[arg-type]
+    assert s.embedded and s.operator_private_key is not None
+    monkeypatch.setenv("VIGIL_NODE_OPERATOR_PRIVATE_KEY", ANVIL_DEV_KEYS[4])
+    monkeypatch.setenv("VIGIL_NODE_EMBEDDED", "true")
+    assert NodeSettings().embedded
+
+
+def test_an_own_key_needs_no_embedded_flag_and_no_key_is_fine() -> None:
+    assert not NodeSettings(operator_private_key=KEY).embedded  # type: ignore[arg-type]
+    assert NodeSettings().operator_private_key is None
+
+
+def test_a_malformed_key_is_not_echoed_in_the_error() -> None:
+    bad = "0x" + "7e" * 31 + "zz"  # a typo in a real key must not end up in a log
+    with pytest.raises(ValidationError, match="32-byte hex private key") as e:
+        NodeSettings(operator_private_key=bad)  # type: ignore[arg-type]
+    assert "7e7e7e" not in str(e.value)
 
 
 # ------------------------------------------------------------------- faults
