@@ -411,6 +411,8 @@ def _transaction_agents(ctx: Context) -> None:
         send_state,
         evict_after_s=2 * cfg.window_s,
         declare=state_topic.maybe_declare,
+        snapshot_every=settings.state_snapshot_every,
+        index_group=f"{settings.app_id}-tx-state-snapshots",
     )
 
     @app.on_partitions_revoked.connect

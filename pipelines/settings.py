@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         64, ge=1, description="chain.tx.v1 messages (block shards) scored as one batch."
     )
+    state_snapshot_every: int = Field(
+        1000, ge=1, description="State-log deltas per partition between full snapshots."
+    )
     batch_within_s: float = Field(
         0.1, gt=0, description="Longest wait to fill a batch (adds to detection latency)."
     )

@@ -58,6 +58,7 @@ class PartitionState:
     evicted_at: float = float("-inf")
     #: Warm-up entries (`warm_entry`): txs buffered, unscored, until the forest is fitted.
     warm: list[list[Any]] = field(default_factory=list)
+    deltas_since_snapshot: int = 0
 
     def expired(self, now: float, horizon_s: float) -> list[str]:
         """Windows whose newest tx is older than `horizon_s`: featurize would trim all of
@@ -131,11 +132,12 @@ def _chunk(
     evicted: list[str],
     warm_done: bool,
     applied: int | None,
+    kind: str = "delta",
 ) -> bytes:
     return orjson.dumps(
         {
             "v": STATE_VERSION,
-            "kind": "delta",
+            "kind": kind,
             "batch": batch_id,
             "seq": seq,
             "last": applied is not None,
@@ -190,6 +192,18 @@ def from_warm_entries(entries: Sequence[list[Any]]) -> tuple[list[Tx], np.ndarra
     return txs, rows
 
 
+def encode_snapshot(
+    batch_id: str, st: PartitionState, max_bytes: int = MAX_CHUNK_BYTES
+) -> list[bytes]:
+    """The whole partition state as chunks: a replay that starts at the first chunk
+    (recovery seeks there) needs nothing older."""
+    windows = {s: [st.seen.get(s, 0.0), w] for s, w in st.windows.items()}
+    chunks = encode_delta(
+        batch_id, windows, st.alerts, [], st.applied_offset, max_bytes, warm=st.warm
+    )
+    return [orjson.dumps({**orjson.loads(c), "kind": "snapshot"}) for c in chunks]
+
+
 def encode_marker(marker_id: str) -> bytes:
     return orjson.dumps({"v": STATE_VERSION, "kind": "marker", "id": marker_id})
 
@@ -202,6 +216,7 @@ class Replay:
     state: PartitionState = field(default_factory=PartitionState)
     found_marker: bool = False
     deltas: int = 0
+    snapshots: int = 0
     discarded_chunks: int = 0
     _open: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -219,7 +234,11 @@ class Replay:
         pending = self._open.setdefault(msg["batch"], [])
         pending.append(msg)
         if msg["last"]:
-            for chunk in self._open.pop(msg["batch"]):
+            chunks = self._open.pop(msg["batch"])
+            if msg["kind"] == "snapshot":  # the whole state: what came before is moot
+                self.state = PartitionState()
+                self.snapshots += 1
+            for chunk in chunks:
                 self.state.apply(
                     chunk["windows"],
                     chunk["alerts"],
@@ -228,7 +247,9 @@ class Replay:
                     chunk.get("warm_done", False),
                 )
             self.state.applied_offset = max(self.state.applied_offset, msg["applied_offset"])
-            self.deltas += 1
+            if msg["kind"] == "delta":
+                self.deltas += 1
+                self.state.deltas_since_snapshot += 1
         return False
 
     def finish(self) -> PartitionState:
@@ -251,8 +272,15 @@ def replay(messages: Iterable[bytes], marker_id: str) -> Replay:
 class StateLog:
     """The state log topic of the transaction agent (one partition per source partition).
 
-    `send(partition, value)` must send to that partition and return an awaitable ack;
-    `bootstrap` is for the short-lived consumer that reads a partition back.
+    `send(partition, value)` must send to that partition and return an awaitable ack
+    (resolving to the record's metadata, with its offset); `bootstrap` is for the
+    short-lived consumers that read a partition back and keep the snapshot index.
+
+    Every `snapshot_every` deltas the whole partition state is written again as a
+    snapshot, and its first offset committed for the consumer group `index_group`
+    (the broker keeps it like any committed offset): recovery starts reading there, so
+    its time is bounded by the state's size plus `snapshot_every` deltas, not by the
+    log's age.
     """
 
     def __init__(
@@ -264,8 +292,12 @@ class StateLog:
         evict_after_s: float,
         declare: Any = None,
         read_timeout_s: float = 120.0,
+        snapshot_every: int = 1000,
+        index_group: str | None = None,
     ) -> None:
         self.topic = topic
+        self.snapshot_every = snapshot_every
+        self.index_group = index_group or f"{topic}-snapshots"
         self.evict_after_s = evict_after_s
         self.bootstrap = bootstrap
         self._send = send
@@ -321,28 +353,70 @@ class StateLog:
         await asyncio.gather(*acks)
         st.apply(windows, alerts, evicted, warm, warm_done)
         st.applied_offset = applied
+        st.deltas_since_snapshot += 1
+        if st.deltas_since_snapshot >= self.snapshot_every:
+            await self.snapshot(partition, st)
+
+    async def snapshot(self, partition: int, st: PartitionState) -> int:
+        """Write `st` whole, then point the index at its first chunk; returns that offset.
+        A crash in between leaves the index at the previous snapshot: still correct."""
+        from aiokafka.structs import OffsetAndMetadata
+
+        chunks = encode_snapshot(uuid.uuid4().hex, st)
+        acks = [await self._send(partition, chunk) for chunk in chunks]
+        metas = await asyncio.gather(*acks)
+        first = int(metas[0].offset)
+        consumer = self._index_consumer()
+        await consumer.start()
+        try:
+            tp = self._tp(partition)
+            consumer.assign([tp])
+            await consumer.commit({tp: OffsetAndMetadata(first, "snapshot")})
+        finally:
+            await consumer.stop()
+        st.deltas_since_snapshot = 0
+        log.info(
+            "%s[%d]: snapshot of %d windows at offset %d",
+            self.topic,
+            partition,
+            len(st.windows),
+            first,
+        )
+        return first
+
+    def _tp(self, partition: int) -> Any:
+        from aiokafka import TopicPartition
+
+        return TopicPartition(self.topic, partition)
+
+    def _index_consumer(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            group_id=self.index_group,
+            auto_offset_reset="earliest",
+        )
 
     async def recover(self, partition: int) -> PartitionState:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
         t0 = time.monotonic()
         marker = uuid.uuid4().hex
         if self._declare is not None:
             await self._declare()
             self._declare = None
         await (await self._send(partition, encode_marker(marker)))
-        tp = TopicPartition(self.topic, partition)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            enable_auto_commit=False,
-            group_id=None,
-            auto_offset_reset="earliest",
-        )
+        tp = self._tp(partition)
+        consumer = self._index_consumer()  # assigned, never joins the group
         await consumer.start()
         r = Replay(marker)
         try:
             consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
+            start = await consumer.committed(tp)  # the latest snapshot, if any
+            if start is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, start)
             while not r.found_marker:
                 if time.monotonic() - t0 > self.read_timeout_s:
                     raise StateLogError(
@@ -357,13 +431,15 @@ class StateLog:
             await consumer.stop()
         st = r.finish()
         log.info(
-            "%s[%d] recovered: %d windows, %d alert states, applied offset %d "
-            "(%d deltas, %d chunks of unfinished batches dropped) in %.2f s",
+            "%s[%d] recovered from offset %s: %d windows, %d alert states, applied offset %d "
+            "(%d snapshots, %d deltas, %d chunks of unfinished batches dropped) in %.2f s",
             self.topic,
             partition,
+            "start" if start is None else start,
             len(st.windows),
             len(st.alerts),
             st.applied_offset,
+            r.snapshots,
             r.deltas,
             r.discarded_chunks,
             time.monotonic() - t0,

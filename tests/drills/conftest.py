@@ -230,6 +230,7 @@ class DrillStack:
             topic_partitions=self.partitions,
             worker_web_port=port,
             warmup_rows=50,
+            state_snapshot_every=10,  # recovery starts from a snapshot in every drill
             seed=7,
         )
         base.update(overrides)

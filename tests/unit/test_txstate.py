@@ -10,6 +10,7 @@ from pipelines.txstate import (
     PartitionState,
     encode_delta,
     encode_marker,
+    encode_snapshot,
     from_warm_entries,
     replay,
     warm_entry,
@@ -129,3 +130,29 @@ def test_core_restore_buffers_before_the_fit_and_scores_after() -> None:
     scored = core.restore(txs, rows)  # fitted meanwhile: scored now, once
     assert [s.tx for s in scored] == txs
     assert all(np.isfinite(s.score) for s in scored)
+
+
+def test_a_replay_from_a_snapshot_needs_nothing_older() -> None:
+    """Recovery seeks to the latest snapshot's first chunk: it must rebuild the state
+    alone, and what follows it applies on top; chunks of a cut snapshot change nothing."""
+    a = encode_delta("b1", {"0xa": [1.0, _window(1)], "0xb": [2.0, _window(2)]}, {}, [], 4)
+    b = encode_delta("b2", {"0xa": [3.0, _window(3)]}, {"0xa": {"streak": 1}}, ["0xb"], 6)
+    full = replay([*a, *b, encode_marker("m")], "m").state
+    snap = encode_snapshot("s1", full, max_bytes=300)
+    assert len(snap) > 1
+    c = encode_delta("b3", {"0xc": [9.0, _window(1)]}, {}, [], 8)
+    r = replay([*snap, *c, encode_marker("m")], "m")
+    assert r.snapshots == 1 and r.deltas == 1
+    assert r.state.windows == {"0xa": _window(3), "0xc": _window(1)}
+    assert r.state.seen == {"0xa": 3.0, "0xc": 9.0}
+    assert r.state.alerts == {"0xa": {"streak": 1}}
+    assert r.state.applied_offset == 8
+    # the same log read from its start ends in the same state
+    whole = replay([*a, *b, *snap, *c, encode_marker("m")], "m").state
+    assert (whole.windows, whole.alerts, whole.applied_offset) == (
+        r.state.windows,
+        r.state.alerts,
+        r.state.applied_offset,
+    )
+    cut = replay([*a, *b, *snap[:-1], encode_marker("m")], "m")
+    assert cut.state.windows == full.windows and cut.snapshots == 0
