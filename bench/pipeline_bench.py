@@ -42,6 +42,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ class PipelineBenchConfig:
     live_txs_per_block: int = 500
     live_bots: int = 10
     partitions: int = 1
+    workers: int = 1  # worker processes; topics get max(partitions, workers) partitions
     seed: int = 1
     timeout_s: float = 600.0
     naive_timeout_s: float = 180.0
@@ -583,7 +585,7 @@ def run_pipeline_bench(
             procs.append(broker)
             broker.wait_healthy(lambda: port_open("127.0.0.1", kport), timeout=30)
             bootstrap = f"127.0.0.1:{kport}"
-            asyncio.run(create_topics(bootstrap, cfg.partitions))
+            asyncio.run(create_topics(bootstrap, max(cfg.partitions, cfg.workers)))
             asyncio.run(_create_topic(bootstrap, NAIVE_TOPIC))
 
             say(f"generating {cfg.events} transactions", 0.03)
@@ -702,7 +704,7 @@ def run_pipeline_bench(
                 node_registry_address=registry,
                 monitor_private_key=SecretStr(DEV_ACCOUNTS[1][1]),
                 dry_run=True,
-                topic_partitions=cfg.partitions,
+                topic_partitions=max(cfg.partitions, cfg.workers),
                 worker_web_port=free_port(),
                 warmup_rows=cfg.warmup_rows,
                 seed=cfg.seed,
@@ -712,24 +714,32 @@ def run_pipeline_bench(
             client.close()
             db = settings.clickhouse_database
             q = connect(ch_url, "default", "", db)
-            worker = ManagedProcess(
-                "worker",
-                [sys.executable, "-m", "pipelines.cli", "worker", "--log-level", "warning"],
-                log_path=logs / "worker.log",
-                env=settings_env(settings),
-            ).start()
-            procs.append(worker)
+            workers = []
+            for i in range(cfg.workers):  # same app id: Faust splits the partitions
+                name = "worker" if cfg.workers == 1 else f"worker{i + 1}"
+                ws = settings.model_copy(
+                    update={"data_dir": d / name, "worker_web_port": free_port()}
+                )
+                ws.data_dir.mkdir(parents=True, exist_ok=True)
+                w = ManagedProcess(
+                    name,
+                    [sys.executable, "-m", "pipelines.cli", "worker", "--log-level", "warning"],
+                    log_path=logs / f"{name}.log",
+                    env=settings_env(ws),
+                ).start()
+                procs.append(w)
+                workers.append((w, ws.worker_web_port))
             cpu0 = {p.name: _cpu_s(p.pid) for p in procs}
-            worker.wait_healthy(
-                lambda: _http_ok(f"http://127.0.0.1:{settings.worker_web_port}/health"), timeout=120
-            )
+            for w, port in workers:
+                w.wait_healthy(partial(_http_ok, f"http://127.0.0.1:{port}/health"), timeout=120)
             say("full path: waiting for every transaction in ClickHouse", 0.35)
             start = time.monotonic()
             done_at = None
             n_tx = n_sc = 0
             while time.monotonic() - start < cfg.timeout_s:
-                if not worker.alive():
-                    raise RuntimeError(f"worker died; see {logs / 'worker.log'}")
+                for w, _ in workers:
+                    if not w.alive():
+                        raise RuntimeError(f"{w.name} died; see {logs / (w.name + '.log')}")
                 n_tx = int(q.query("SELECT count() FROM transactions").result_rows[0][0])
                 n_sc = int(q.query("SELECT count() FROM scores").result_rows[0][0])
                 say(
@@ -762,7 +772,8 @@ def run_pipeline_bench(
             fig["latency_alerts"] = len(lat)
             fig["latency_p50_s"] = _pct(lat, 0.5)
             fig["latency_p99_s"] = _pct(lat, 0.99)
-            fig["peak_rss_mb"] = _peak_rss_mb(worker.pid)
+            fig["peak_rss_mb"] = max(_peak_rss_mb(w.pid) for w, _ in workers)
+            fig["workers"] = cfg.workers
             q.close()
         finally:
             for p in reversed(procs):

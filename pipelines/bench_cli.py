@@ -63,6 +63,9 @@ def pipeline(
     ] = 20_000,
     txs_per_block: Annotated[int, typer.Option(help="Transactions per block.")] = 2000,
     senders: Annotated[int, typer.Option(help="Human senders.")] = 3000,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes sharing the topics (one partition each).")
+    ] = 1,
     timeout: Annotated[float, typer.Option(help="Cap on the full-path phase (s).")] = 600.0,
     data_dir: Annotated[
         Path | None, typer.Option(help="Keep data and logs here (default: a temp dir, removed).")
@@ -76,6 +79,7 @@ def pipeline(
         naive_events=naive_events,
         txs_per_block=txs_per_block,
         senders=senders,
+        workers=workers,
         timeout_s=timeout,
         data_dir=data_dir,
     )
