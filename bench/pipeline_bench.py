@@ -403,7 +403,7 @@ def stage_profile(
     from detector.features import FEATURE_NAMES, SenderWindow
     from detector.iforest import IsolationForestDetector
     from detector.policy import EntityAlertState
-    from pipelines.app import EMPTY_ALERT_STATE, tune_gc
+    from pipelines.app import state_changes, tune_gc
     from pipelines.chain.reorg import inclusion_rows
     from pipelines.records import decode_tx_batch
     from pipelines.storage import rows
@@ -494,15 +494,7 @@ def stage_profile(
             rows.evidence_rows(result.alerts)
             cpu["rows"] += time.process_time() - t
             t = time.process_time()
-            newest: dict[str, float] = {}
-            for tx in txs:
-                newest[tx.sender] = max(tx.timestamp, newest.get(tx.sender, tx.timestamp))
-            changed = {}
-            for s, ast in result.alert_states.items():
-                d = ast.to_dict()
-                if d != (st.alerts.get(s) or EMPTY_ALERT_STATE):
-                    changed[s] = d
-            windows = {s: [newest[s], w.to_dict()] for s, w in result.states.items()}
+            windows, changed, _ = state_changes(txs, result, st)
             encode_delta("bench", windows, changed, [], i)
             st.apply(windows, changed, [])
             cpu["state_store"] += time.process_time() - t

@@ -55,6 +55,7 @@ from detector.policy import (
     Severity,
 )
 from detector.reputation import NodeReputation
+from detector.types import Tx
 from pipelines.api import REPUTATION_COLUMNS, reputation_row
 from pipelines.chain.contracts import compile_project
 from pipelines.chain.enforcer import ActionResult, Enforcer, load_monitor_account
@@ -103,6 +104,7 @@ from pipelines.records import (
 )
 from pipelines.scoring import (
     Alert,
+    BatchResult,
     ScoringConfig,
     TxModel,
     TxScoringCore,
@@ -127,6 +129,24 @@ log = logging.getLogger(__name__)
 
 FEATURE_LIST = list(FEATURE_NAMES)
 EMPTY_ALERT_STATE = EntityAlertState().to_dict()
+
+
+def state_changes(
+    txs: list[Tx], result: BatchResult, st: PartitionState
+) -> tuple[dict[str, list[Any]], dict[str, dict[str, Any]], float]:
+    """What a batch changed in its partition's state, as the state log takes it: each
+    touched sender's [newest tx time, window], the alert states that differ from the
+    stored ones (most senders' do not), and the batch's newest block time."""
+    newest: dict[str, float] = {}
+    for tx in txs:
+        newest[tx.sender] = max(tx.timestamp, newest.get(tx.sender, tx.timestamp))
+    changed = {}
+    for s, ast in result.alert_states.items():
+        d = ast.to_dict()
+        if d != (st.alerts.get(s) or EMPTY_ALERT_STATE):
+            changed[s] = d
+    windows = {s: [newest[s], w.to_dict()] for s, w in result.states.items()}
+    return windows, changed, max(newest.values(), default=0.0)
 
 
 def _where(event: Any) -> str:
@@ -448,18 +468,10 @@ def _transaction_agents(ctx: Context) -> None:
                 ctx.call(sink.insert, "scores", score_rows),
             )
             await ctx.publish_alerts(sink, result.alerts)
-            newest: dict[str, float] = {}
-            for tx in txs:
-                newest[tx.sender] = max(tx.timestamp, newest.get(tx.sender, tx.timestamp))
-            changed_alerts = {}
-            for s, ast in result.alert_states.items():
-                d = ast.to_dict()
-                if d != (st.alerts.get(s) or EMPTY_ALERT_STATE):  # most senders: no change
-                    changed_alerts[s] = d
-            now_block = max(newest.values(), default=0.0)
+            windows, changed_alerts, now_block = state_changes(txs, result, st)
             await store.save(
                 partition,
-                {s: [newest[s], w.to_dict()] for s, w in result.states.items()},
+                windows,
                 changed_alerts,
                 applied_offset=max(e.message.offset for e, _ in fresh),
                 now=now_block,

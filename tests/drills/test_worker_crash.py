@@ -54,18 +54,39 @@ def _same(a: list[float], b: list[float | None]) -> bool:
     return True
 
 
+class Recorded:
+    """The drill's block stream, with every message kept for the crash-free replay."""
+
+    def __init__(self, st: DrillStack) -> None:
+        self.st = st
+        self.plan = TxPlan(senders=8, per_block=40)
+        self.messages: list[bytes] = []
+
+    def produce(self, blocks: int) -> None:
+        msgs = self.plan.blocks(blocks)
+        self.messages.extend(v for _, v in msgs)
+        self.st.produce(msgs)
+
+    def features_differ(self) -> list[str]:
+        """Txs whose stored feature row differs from a crash-free offline run's."""
+        expect = offline_features(self.messages)
+        stored = {
+            r[0]: json.loads(r[1])
+            for r in self.st.query("SELECT tx_hash, features FROM scores FINAL")
+        }
+        return [
+            tx
+            for tx, row in expect.items()
+            if not _same(row, [stored[tx].get(n) for n in FEATURE_NAMES])
+        ]
+
+
 def test_kill9_mid_stream_every_tx_stored_and_scored_once(
     drill_stack: DrillStack,
 ) -> None:
     st = drill_stack
-    plan = TxPlan(senders=8, per_block=40)
-    messages: list[bytes] = []
-
-    def produce(blocks: int) -> None:
-        msgs = plan.blocks(blocks)
-        messages.extend(v for _, v in msgs)
-        st.produce(msgs)
-
+    rec = Recorded(st)
+    plan, produce = rec.plan, rec.produce
     worker = st.start_worker()
     produce(40)  # 30 s of block time fills the windows, then 50 steady rows fit the forest
     wait_for(lambda: st.health()["warming_up"] == 0, 90, "the model to be fitted")
@@ -91,15 +112,7 @@ def test_kill9_mid_stream_every_tx_stored_and_scored_once(
     assert h["dlq"] == 0
 
     # Per-sender state after the restart: the stored features equal a crash-free run's.
-    expect = offline_features(messages)
-    stored = {
-        r[0]: json.loads(r[1]) for r in st.query("SELECT tx_hash, features FROM scores FINAL")
-    }
-    differ = [
-        tx
-        for tx, row in expect.items()
-        if not _same(row, [stored[tx].get(n) for n in FEATURE_NAMES])
-    ]
+    differ = rec.features_differ()
     tx_block = {tx: i // plan.per_block + 1 for i, tx in enumerate(plan.produced)}
     differ_blocks = sorted({tx_block[tx] for tx in differ})
     replayed = h["txs"] - (len(plan.produced) - seen)  # processed by the new worker
@@ -119,14 +132,8 @@ def test_kill9_during_warm_up_loses_no_scores(drill_stack: DrillStack) -> None:
     unscored (their offsets already committed). The state log keeps them, so a worker
     killed before the fit scores them after the restart, once, from the same features."""
     st = drill_stack
-    plan = TxPlan(senders=8, per_block=40)
-    messages: list[bytes] = []
-
-    def produce(blocks: int) -> None:
-        msgs = plan.blocks(blocks)
-        messages.extend(v for _, v in msgs)
-        st.produce(msgs)
-
+    rec = Recorded(st)
+    plan, produce = rec.plan, rec.produce
     worker = st.start_worker()
     produce(25)  # 25 s of block time: the 30 s windows are still filling, no fit yet
     wait_for(lambda: st.health()["txs"] >= len(plan.produced), 90, "the warm-up batches")
@@ -139,13 +146,5 @@ def test_kill9_during_warm_up_loses_no_scores(drill_stack: DrillStack) -> None:
     produce(30)
     st.wait_stored(len(plan.produced), timeout=150)
     st.assert_exactly_once(plan.produced)
-    expect = offline_features(messages)
-    stored = {
-        r[0]: json.loads(r[1]) for r in st.query("SELECT tx_hash, features FROM scores FINAL")
-    }
-    differ = [
-        tx
-        for tx, row in expect.items()
-        if not _same(row, [stored[tx].get(n) for n in FEATURE_NAMES])
-    ]
+    differ = rec.features_differ()
     assert not differ, f"{len(differ)} txs scored from state that the restart got wrong"
