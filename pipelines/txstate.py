@@ -6,15 +6,17 @@ the worker's CPU. Faust's table recovery also trusts the broker's end offsets, w
 embedded Tansu broker under-reports (the last batch of updates could be lost). Here:
 
 - state is kept per source partition (`PartitionState`): sender windows, per-entity
-  alert state, and `applied_offset`, the highest source offset whose rows, alerts and
-  state are all written;
+  alert state, the forest's not-yet-scored warm-up txs, and `applied_offset`, the
+  highest source offset whose rows, alerts and state are all written;
 - after a batch is written, its changed keys go to the partition's state log as one
   delta (split into chunks under the broker's message size), the last chunk carrying
   `applied_offset`; chunks of a batch whose last chunk never arrived (a crash while
   writing) are discarded on replay;
+- every so many deltas the whole state is written again as a snapshot, whose first
+  offset is committed as a pointer (see `StateLog`);
 - recovery first writes a marker to the partition's log, then reads the log from the
-  start up to its own marker: every acknowledged delta precedes it, so the broker's end
-  offsets are never consulted;
+  latest snapshot (or the start) up to its own marker: every acknowledged delta
+  precedes it, so the broker's end offsets are never consulted;
 - source events at or below `applied_offset` are skipped by the agent: after a crash
   their effects are already stored, so a redelivery is not applied twice.
 
