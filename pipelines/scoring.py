@@ -262,9 +262,14 @@ class TxScoringCore:
                 return result
             warm_all = np.vstack(self._warm_rows)
             ts = np.array([t.timestamp for t in self._warm_txs])
-            steady = ts >= self._alert_from
-            steady_txs = [t for t, ok in zip(self._warm_txs, steady, strict=True) if ok]
-            self.model = fit_model(warm_all[steady], self.cfg, steady_txs)
+            # Steady rows up to the block time at which `warmup_rows` of them were in
+            # (whole blocks), whatever the batch size: a backlog read in big batches must
+            # not fit on traffic after the warm-up window.
+            steady = np.flatnonzero(ts >= self._alert_from)
+            cutoff = np.sort(ts[steady])[self.cfg.warmup_rows - 1]
+            fit_idx = steady[ts[steady] <= cutoff]
+            steady_txs = [self._warm_txs[i] for i in fit_idx]
+            self.model = fit_model(warm_all[fit_idx], self.cfg, steady_txs)
             if self.on_fit is not None:
                 self.on_fit(self.model)
             result.fitted = self.model
@@ -274,7 +279,7 @@ class TxScoringCore:
                 "fitted %s on %d warm-up rows, threshold %.4f; %.0f%% of warm-up calls have "
                 "machine-precision gas prices, so the gas rules are %s",
                 MODEL_NAME,
-                int(steady.sum()),
+                len(fit_idx),
                 self.model.threshold.threshold_,
                 100 * self.model.precise_gas_share,
                 "on"

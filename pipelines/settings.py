@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(1, ge=1)
     worker_web_port: int = Field(6066, ge=0, le=65535)
     batch_size: int = Field(
-        64, ge=1, description="chain.tx.v1 messages (block shards) scored as one batch."
+        256, ge=1, description="chain.tx.v1 messages (block shards) scored as one batch."
     )
     state_snapshot_every: int = Field(
         1000, ge=1, description="State-log deltas per partition between full snapshots."
