@@ -100,6 +100,7 @@ def encode_delta(
     *,
     warm: Iterable[list[Any]] = (),
     warm_done: bool = False,
+    kind: str = "delta",
 ) -> list[bytes]:
     """One batch's changes as chunks of at most ~`max_bytes`; the last is marked.
 
@@ -113,17 +114,17 @@ def encode_delta(
     chunks: list[bytes] = []
     part: dict[str, Any] = {"w": {}, "a": {}, "m": []}
     size = 0
-    for kind, key, value in items:
+    for slot, key, value in items:
         n = len(orjson.dumps(value)) + len(key) + 8
         if size and size + n > max_bytes:
-            chunks.append(_chunk(batch_id, len(chunks), part, [], False, None))
+            chunks.append(_chunk(batch_id, len(chunks), part, [], False, None, kind))
             part, size = {"w": {}, "a": {}, "m": []}, 0
-        if kind == "m":
+        if slot == "m":
             part["m"].append(value)
         else:
-            part[kind][key] = value
+            part[slot][key] = value
         size += n
-    chunks.append(_chunk(batch_id, len(chunks), part, evicted, warm_done, applied_offset))
+    chunks.append(_chunk(batch_id, len(chunks), part, evicted, warm_done, applied_offset, kind))
     return chunks
 
 
@@ -200,10 +201,16 @@ def encode_snapshot(
     """The whole partition state as chunks: a replay that starts at the first chunk
     (recovery seeks there) needs nothing older."""
     windows = {s: [st.seen.get(s, 0.0), w] for s, w in st.windows.items()}
-    chunks = encode_delta(
-        batch_id, windows, st.alerts, [], st.applied_offset, max_bytes, warm=st.warm
+    return encode_delta(
+        batch_id,
+        windows,
+        st.alerts,
+        [],
+        st.applied_offset,
+        max_bytes,
+        warm=st.warm,
+        kind="snapshot",
     )
-    return [orjson.dumps({**orjson.loads(c), "kind": "snapshot"}) for c in chunks]
 
 
 def encode_marker(marker_id: str) -> bytes:
