@@ -43,7 +43,7 @@ from pipelines.chain.follower import Follower, backfill  # noqa: E402
 from pipelines.procs import ManagedProcess, free_port, port_open  # noqa: E402
 from pipelines.records import TOPIC_CHAIN_REORG, TOPIC_CHAIN_TX  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
-from pipelines.stack import tansu_binary  # noqa: E402
+from pipelines.stack import tansu_argv  # noqa: E402
 
 console = Console(stderr=True)
 
@@ -176,17 +176,9 @@ async def head_lag(settings: Settings, url: str, seconds: float, rate: float) ->
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
     kport = free_port()
-    listen = f"tcp://127.0.0.1:{kport}"
     broker = ManagedProcess(
         "tansu",
-        [
-            str(tansu_binary()),
-            "broker",
-            "--listener-url",
-            listen,
-            "--advertised-listener-url",
-            listen,
-        ],  # fmt: skip
+        tansu_argv(kport),
         log_path=tmp / "tansu.log",
     ).start()
     anvil = None

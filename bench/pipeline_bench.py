@@ -551,7 +551,7 @@ def run_pipeline_bench(
     from pipelines.chain.contracts import compile_project, deploy_node_registry
     from pipelines.procs import ManagedProcess, free_port, port_open
     from pipelines.settings import Settings
-    from pipelines.stack import create_topics, settings_env, tansu_binary
+    from pipelines.stack import chserver_argv, create_topics, settings_env, tansu_argv
     from pipelines.storage.client import connect, wait_ready
     from pipelines.storage.schema import migrate
 
@@ -568,17 +568,9 @@ def run_pipeline_bench(
         try:
             say("starting the Tansu broker", 0.01)
             kport = free_port()
-            url = f"tcp://127.0.0.1:{kport}"
             broker = ManagedProcess(
                 "tansu",
-                [
-                    str(tansu_binary()),
-                    "broker",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    url,
-                ],
+                tansu_argv(kport),
                 log_path=logs / "tansu.log",
             ).start()
             procs.append(broker)
@@ -662,17 +654,7 @@ def run_pipeline_bench(
             cport = free_port()
             ch = ManagedProcess(
                 "clickhouse",
-                [
-                    sys.executable,
-                    "-m",
-                    "pipelines.storage.chserver",
-                    "--data-dir",
-                    str(d / "clickhouse"),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(cport),
-                ],
+                chserver_argv(d / "clickhouse", cport),
                 log_path=logs / "clickhouse.log",
             ).start()
             procs.append(ch)

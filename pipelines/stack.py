@@ -110,6 +110,27 @@ def tansu_binary() -> Path:
     return path
 
 
+def tansu_argv(port: int) -> list[str]:
+    """The embedded Kafka broker, listening on and advertising 127.0.0.1:`port`."""
+    url = f"tcp://127.0.0.1:{port}"
+    return [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
+
+
+def chserver_argv(data_dir: Path, port: int) -> list[str]:
+    """The embedded ClickHouse (chdb served over HTTP) on 127.0.0.1:`port`."""
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.storage.chserver",
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
 async def create_topics(bootstrap: str, partitions: int) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -173,18 +194,7 @@ class EmbeddedStack:
         with self.console.status("starting the embedded stack") as status:
             status.update("Kafka broker (Tansu)")
             kport = free_port()
-            url = f"tcp://127.0.0.1:{kport}"
-            broker = self._child(
-                "tansu",
-                [
-                    str(tansu_binary()),
-                    "broker",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    url,
-                ],
-            )
+            broker = self._child("tansu", tansu_argv(kport))
             broker.wait_healthy(lambda: port_open("127.0.0.1", kport), timeout=30)
             bootstrap = f"127.0.0.1:{kport}"
             asyncio.run(create_topics(bootstrap, self.opts.topic_partitions))
@@ -212,20 +222,7 @@ class EmbeddedStack:
 
             status.update("ClickHouse (chdb over HTTP)")
             cport = free_port()
-            ch = self._child(
-                "clickhouse",
-                [
-                    sys.executable,
-                    "-m",
-                    "pipelines.storage.chserver",
-                    "--data-dir",
-                    str(d / "clickhouse"),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(cport),
-                ],
-            )
+            ch = self._child("clickhouse", chserver_argv(d / "clickhouse", cport))
             ch_url = f"http://127.0.0.1:{cport}"
             ch.wait_healthy(lambda: _http_ok(f"{ch_url}/ping"), timeout=60)
             wait_ready(ch_url, timeout=30)

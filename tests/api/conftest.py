@@ -3,7 +3,6 @@ child process, migrated and filled with rows, and anvil with NodeRegistry deploy
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pipelines.chain.contracts import (
     transact,
 )
 from pipelines.procs import ManagedProcess, free_port
+from pipelines.stack import chserver_argv
 from pipelines.storage.client import connect, ping
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,8 +40,7 @@ class Storage:
 def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storage]:
     base = tmp_path_factory.mktemp("api-chserver")
     port = free_port()
-    argv = [sys.executable, "-m", "pipelines.storage.chserver", "--data-dir", str(base / "data")]
-    argv += ["--host", "127.0.0.1", "--port", str(port)]
+    argv = chserver_argv(base / "data", port)
     proc = ManagedProcess("chserver", argv, log_path=base / "server.log", cwd=REPO)
     proc.start()
     url = f"http://127.0.0.1:{port}"

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import sys
 import threading
 import time
 import urllib.request
@@ -32,7 +31,7 @@ from pipelines.chain.reorg import chain_message_rows
 from pipelines.procs import ManagedProcess, free_port, port_open
 from pipelines.records import TOPIC_CHAIN_REORG, TOPIC_CHAIN_TX
 from pipelines.settings import Settings
-from pipelines.stack import tansu_binary
+from pipelines.stack import chserver_argv, tansu_argv
 from pipelines.storage.client import connect, ping
 from pipelines.storage.schema import TABLE_COLUMNS, migrate
 
@@ -210,17 +209,7 @@ def chserver_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("chain-ch")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [
-        sys.executable,
-        "-m",
-        "pipelines.storage.chserver",
-        "--data-dir",
-        str(base / "data"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    argv = chserver_argv(base / "data", port)
     proc = ManagedProcess("chserver", argv, log_path=base / "server.log", cwd=REPO_ROOT).start()
     try:
         proc.wait_healthy(lambda: ping(url, timeout=0.5), timeout=60)
@@ -235,17 +224,9 @@ _db_ids = itertools.count()
 @pytest.fixture
 def rig(tmp_path: Path, chserver_url: str) -> Iterator[Rig]:
     kport = free_port()
-    listen = f"tcp://127.0.0.1:{kport}"
     broker = ManagedProcess(
         "tansu",
-        [
-            str(tansu_binary()),
-            "broker",
-            "--listener-url",
-            listen,
-            "--advertised-listener-url",
-            listen,
-        ],
+        tansu_argv(kport),
         log_path=tmp_path / "tansu.log",
     ).start()
     anvil: ManagedProcess | None = None

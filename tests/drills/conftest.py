@@ -35,7 +35,7 @@ from pipelines.chain.follower import N_SHARDS, shard_of
 from pipelines.procs import ManagedProcess, free_port, port_open
 from pipelines.records import SCHEMA_VERSION, TOPIC_CHAIN_TX, TxBatchRecord, TxRecord
 from pipelines.settings import Settings
-from pipelines.stack import create_topics, settings_env, tansu_binary
+from pipelines.stack import chserver_argv, create_topics, settings_env, tansu_argv
 from pipelines.storage.client import connect, ping
 from pipelines.storage.schema import migrate
 
@@ -168,17 +168,9 @@ class DrillStack:
     # --- parts ------------------------------------------------------------------
 
     def start(self) -> DrillStack:
-        url = f"tcp://127.0.0.1:{self.kafka_port}"
         self.broker = ManagedProcess(
             "tansu",
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-            ],
+            tansu_argv(self.kafka_port),
             log_path=self.logs / "tansu.log",
         ).start()
         self.broker.wait_healthy(lambda: port_open("127.0.0.1", self.kafka_port), timeout=30)
@@ -193,17 +185,7 @@ class DrillStack:
         self._ch_starts += 1
         self.ch = ManagedProcess(
             "clickhouse",
-            [
-                sys.executable,
-                "-m",
-                "pipelines.storage.chserver",
-                "--data-dir",
-                str(self.root / "clickhouse"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.ch_port),
-            ],
+            chserver_argv(self.root / "clickhouse", self.ch_port),
             log_path=self.logs / f"clickhouse-{self._ch_starts}.log",
             env={"VIGIL_CLICKHOUSE_PASSWORD": self.ch_password},
             cwd=REPO_ROOT,

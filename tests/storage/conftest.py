@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import itertools
-import sys
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import pytest
 from clickhouse_connect.driver import Client
 
 from pipelines.procs import ManagedProcess, free_port
+from pipelines.stack import chserver_argv
 from pipelines.storage.client import connect, ping
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,17 +33,7 @@ class ServerProc:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProc:
-        argv = [
-            sys.executable,
-            "-m",
-            "pipelines.storage.chserver",
-            "--data-dir",
-            str(self.data_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
+        argv = chserver_argv(self.data_dir, self.port)
         self.proc = ManagedProcess("chserver", argv, log_path=self.log_path, cwd=REPO_ROOT)
         self.proc.start()
         self.proc.wait_healthy(lambda: ping(self.url, timeout=0.5), timeout=60)
