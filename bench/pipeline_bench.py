@@ -122,7 +122,7 @@ def make_blocks(
     per_block = cfg.txs_per_block
     n_blocks = max(1, -(-n_txs // per_block))
     if bots_from is None:  # after the worker has fitted its model (one window + 2 blocks)
-        bots_from = min(n_blocks // 2, int(30.0 / cfg.block_interval_s) + 2)
+        bots_from = min(max(n_blocks - 5, 1), int(30.0 / cfg.block_interval_s) + 2)
     parent = f"0x{rng.getrandbits(256):064x}"
     for b in range(n_blocks):
         number = first_block + b
