@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -286,13 +287,10 @@ async def _create_topic(bootstrap: str, name: str) -> None:
 # ---------------------------------------------------------------------- naive Faust
 
 
-def naive_worker_main() -> None:
-    """The reference a newcomer would write: one tx per message, Table update per event."""
+@functools.cache
+def _naive_tx_record() -> Any:
+    """The naive agent's one-tx-per-message Record (Faust imported only when used)."""
     import faust
-
-    bootstrap = os.environ["NAIVE_BOOTSTRAP"]
-    target = int(os.environ["NAIVE_TARGET"])
-    out = Path(os.environ["NAIVE_OUT"])
 
     class NaiveTx(faust.Record, serializer="json", namespace="bench.naive.tx"):
         tx_hash: str
@@ -307,6 +305,18 @@ def naive_worker_main() -> None:
         block_number: int
         timestamp: float
 
+    return NaiveTx
+
+
+def naive_worker_main() -> None:
+    """The reference a newcomer would write: one tx per message, Table update per event."""
+    import faust
+
+    bootstrap = os.environ["NAIVE_BOOTSTRAP"]
+    target = int(os.environ["NAIVE_TARGET"])
+    out = Path(os.environ["NAIVE_OUT"])
+
+    NaiveTx = _naive_tx_record()
     app = faust.App(
         "vigil-bench-naive",
         broker=f"kafka://{bootstrap}",
@@ -356,21 +366,8 @@ def naive_worker_main() -> None:
 def naive_messages(
     blocks: Sequence[tuple[dict[str, Any], list[Any]]], n: int
 ) -> list[tuple[bytes, bytes]]:
-    import faust
 
-    class NaiveTx(faust.Record, serializer="json", namespace="bench.naive.tx"):
-        tx_hash: str
-        sender: str
-        to: str
-        value_wei: str
-        gas_price_wei: int
-        gas: int
-        nonce: int
-        selector: str
-        status: int
-        block_number: int
-        timestamp: float
-
+    NaiveTx = _naive_tx_record()
     out: list[tuple[bytes, bytes]] = []
     for _, txs in blocks:
         for t in txs:

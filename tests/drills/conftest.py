@@ -16,14 +16,13 @@ drill, outages and hostile input included, is also a secret-leak check.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,22 +37,10 @@ from pipelines.settings import Settings
 from pipelines.stack import chserver_argv, create_topics, settings_env, tansu_argv
 from pipelines.storage.client import connect, ping
 from pipelines.storage.schema import migrate
+from tests.integration.stackrun import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BLOCK_T0 = 1_700_000_000.0
-
-
-def wait_for(fn: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
-    """Poll `fn` until it returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = fn()
-            if last:
-                return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def _http_json(url: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def wait_for(fn: Callable[[], Any], timeout: float, what: str, every: float = 0.
             if last:
                 return last
         time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @dataclass
