@@ -27,6 +27,11 @@ Two signals:
   `bucket_s`) and over all history, whichever is larger. The bucket with the most failures
   is left out of each, so one honest blip (a restart, a bad request) is not a burst; a
   flaky node fails in bucket after bucket.
+* failure bursts, bucket by bucket: each bucket of the window has its own surprise at the
+  same reference, and the score is the second largest (again the worst bucket is left
+  out). A busy node that fails a fifth of its batches in a few short bursts and is clean
+  in between has a pooled ratio near the reference, but two buckets that are each
+  unlikely under it.
 
 Pure logic: no I/O, clock, logging or randomness (nothing is sampled; `seed` is kept for
 the detector contract); learned state ends in `_` and appears on the first `learn_one`.
@@ -55,6 +60,7 @@ class NodePerfScore:
     error_reference: float  # the failure rate the window is compared with
     error_surprise: float  # nats; largest bucket left out
     batches: int  # batches in the error window
+    burst_surprise: float = 0.0  # nats; the window's second most surprising bucket on its own
 
 
 def _kl_bernoulli(q: float, p: float) -> float:
@@ -243,6 +249,9 @@ class NodePerfDetector:
                 surprise,
                 self._surprise(all_ok + all_failed - w_ok - w_failed, all_failed - w_failed, ref),
             )
+        bursts = sorted(
+            (self._surprise(b[1] + b[2], b[2], ref) for b in buckets if b[2] > 0), reverse=True
+        )
         return NodePerfScore(
             overhead_ms=a,
             overhead_lo_ms=lo,
@@ -254,6 +263,7 @@ class NodePerfDetector:
             error_reference=ref,
             error_surprise=surprise,
             batches=int(total),
+            burst_surprise=bursts[1] if len(bursts) > 1 else 0.0,
         )
 
 

@@ -50,6 +50,8 @@ class RuleConfig:
     # Flaky node: failed batches this surprising (nats, largest burst left out) at this ratio.
     error_surprise_nats: float = 3.0
     error_min_ratio: float = 0.05
+    # ... or two buckets of the window, each this surprising on its own (see node_perf).
+    error_burst_nats: float = 4.0
 
 
 @dataclass
@@ -301,7 +303,10 @@ def perf_rules(score: NodePerfScore, cfg: RuleConfig) -> list[RuleHit]:
                 },
             )
         )
-    if score.error_surprise >= cfg.error_surprise_nats and score.error_ratio >= cfg.error_min_ratio:
+    pooled = (
+        score.error_surprise >= cfg.error_surprise_nats and score.error_ratio >= cfg.error_min_ratio
+    )
+    if pooled or score.burst_surprise >= cfg.error_burst_nats:
         hits.append(
             RuleHit(
                 RULE_ERRORS,
@@ -310,6 +315,7 @@ def perf_rules(score: NodePerfScore, cfg: RuleConfig) -> list[RuleHit]:
                     "error_ratio": score.error_ratio,
                     "reference": score.error_reference,
                     "surprise_nats": score.error_surprise,
+                    "burst_nats": score.burst_surprise,
                     "batches": score.batches,
                 },
             )

@@ -931,7 +931,11 @@ def render_markdown(r: ScenarioResult, plots: Mapping[str, str] | None = None) -
         "often before the wallet's first transaction (TTD 0). ROC-AUC ranks the forest "
         "score only, which does not see the farm: hence its low value for sybils.",
         "- Nodes still missed are mostly out of reach of any detector at this horizon "
-        "(10 minutes): flaky nodes whose bursts hit 0-2 of their few batches after onset, "
+        "(10 minutes): flaky nodes whose bursts hit 0-2 of their few batches after onset "
+        "(busy flaky nodes are caught bucket by bucket: two 10 s buckets each at least 4 "
+        "nats surprising at the reference rate, which fires on no honest node of dev seeds "
+        "1-90; there the pooled test alone missed 50 of 720 flaky nodes, both together 33, "
+        "recall 0.93 -> 0.95), "
         "slow nodes whose added delay is small next to a noisy per-token cost or starts late, "
         "and lazy or overclaiming nodes with a few dozen batches after onset, whose excess is "
         "within what lost telemetry explains (the overclaim bound: 1.1x observed plus 500 "

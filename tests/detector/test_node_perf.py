@@ -156,6 +156,30 @@ def test_one_error_blip_is_not_a_burst_but_repeated_bursts_are() -> None:
     assert any(RULE_ERRORS in h for h in _stream(NodePerfDetector(), recs))
 
 
+def _busy(rng: np.random.Generator, fail: float) -> list[tuple[float, dict[str, float]]]:
+    """A node serving 60 batches per 10 s, failing each at rate `fail`."""
+    recs = _records(rng, 60, overhead=10.0)
+    for _, x in recs:
+        x["batches"], x["failed"] = 60.0, float(rng.binomial(60, fail))
+    return recs
+
+
+def test_short_bursts_on_a_busy_node_are_caught_bucket_by_bucket() -> None:
+    recs = _busy(np.random.default_rng(7), 0.005)
+    for i in range(10, 60, 9):  # a 10 s burst every 90 s: 12 of 60 batches fail
+        recs[i][1]["failed"] = 12.0
+    det = NodePerfDetector()
+    hits = _stream(det, recs)
+    # pooled over the window it is ~3 % failed, under the ratio the pooled test asks for
+    assert det.score_one().error_ratio < CFG.error_min_ratio
+    first = next(i for i, h in enumerate(hits) if RULE_ERRORS in h)
+    assert first == 19  # the second burst
+    # an honest busy node with one bad bucket (a restart) raises nothing
+    recs = _busy(np.random.default_rng(8), 0.005)
+    recs[30][1]["failed"] = 20.0
+    assert not any(RULE_ERRORS in h for h in _stream(NodePerfDetector(), recs))
+
+
 def test_fleet_wide_failures_raise_the_reference() -> None:
     det = NodePerfDetector()
     for t, x in _records(np.random.default_rng(6), 60, overhead=10.0, fail=0.1):
