@@ -64,6 +64,7 @@ class NodeState:
     last_period: int = 0  # highest settlement period counted (replays are ignored)
     last_heartbeat: float | None = None  # set by heartbeat messages only
     first_seen: float | None = None  # registration or first event of any kind
+    deregistered_at: float | None = None  # taken out of service on chain (final)
     verdicts: deque[int] = field(default_factory=lambda: deque(maxlen=64))  # 1 pass, 0 fail
     failed_request_ids: deque[str] = field(default_factory=lambda: deque(maxlen=16))
     batches: int = 0
@@ -86,6 +87,7 @@ class NodeState:
             "errors": self.errors,
             "latency_ms_ewma": self.latency_ms_ewma,
             "first_seen": self.first_seen,
+            "deregistered_at": self.deregistered_at,
             "observed_batches": self.observed_batches,
             "claim_marks": [list(m) for m in self.claim_marks],
             "overclaim_since": self.overclaim_since,
@@ -104,6 +106,7 @@ class NodeState:
             errors=int(d.get("errors", 0)),
             latency_ms_ewma=d.get("latency_ms_ewma"),
             first_seen=d.get("first_seen"),
+            deregistered_at=d.get("deregistered_at"),
             observed_batches=int(d.get("observed_batches", 0)),
             overclaim_since=d.get("overclaim_since"),
         )
@@ -262,9 +265,11 @@ def overclaim_rule(s: NodeState, cfg: RuleConfig, now: float | None = None) -> R
 
 def heartbeat_rule(s: NodeState, cfg: RuleConfig, now: float) -> RuleHit | None:
     """No heartbeat for `heartbeat_timeout_s`: since the last one, or, for a node that never
-    sent one, since it was first seen (registration or its first event)."""
+    sent one, since it was first seen (registration or its first event). A node its operator
+    took out of service on chain owes no heartbeats (its claims and spot checks still count:
+    its stake stays slashable while it unbonds)."""
     since = s.last_heartbeat if s.last_heartbeat is not None else s.first_seen
-    if since is None or now - since <= cfg.heartbeat_timeout_s:
+    if since is None or s.deregistered_at is not None or now - since <= cfg.heartbeat_timeout_s:
         return None
     return RuleHit(
         RULE_HEARTBEAT,

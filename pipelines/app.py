@@ -763,7 +763,7 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
     @app.agent(ctx.topic(TOPIC_NODE_REGISTRY), name="node-registry")
     async def node_registry(stream: faust.StreamT) -> None:
         """Registrations: a node exists from its registration on, so one that never sends
-        anything is still timed out by the heartbeat rule."""
+        anything is still timed out by the heartbeat rule; a deregistered one is not."""
         sink = await ctx.sink("registry")
         async for event in stream.events():
 
@@ -823,7 +823,8 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
     registry_cursor = settings.data_dir / "registrations.cursor"
 
     def node_registered(start: int) -> tuple[list[RegistrationRecord], int]:
-        """`NodeRegistered` events from block `start` to the head, with their block times."""
+        """`NodeRegistered` and `NodeDeregistered` events from block `start` to the head, in
+        chain order, with their block times."""
         w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 10}))
         head = int(w3.eth.block_number)
         if head < start:
@@ -834,7 +835,12 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
         )
         times: dict[int, float] = {}
         out = []
-        for e in registry.events.NodeRegistered.get_logs(from_block=start, to_block=head):
+        events = registry.events
+        logs = [
+            *events.NodeRegistered.get_logs(from_block=start, to_block=head),
+            *events.NodeDeregistered.get_logs(from_block=start, to_block=head),
+        ]
+        for e in sorted(logs, key=lambda e: (int(e["blockNumber"]), int(e["logIndex"]))):
             n = int(e["blockNumber"])
             if n not in times:
                 times[n] = float(w3.eth.get_block(n)["timestamp"])
@@ -843,8 +849,9 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
 
     @app.timer(2.0, on_leader=True)
     async def registry_watch() -> None:
-        """On-chain registrations -> `node.registry.v1` (keyed by node, like telemetry).
-        Replays after a crash are harmless: a registration only moves `first_seen` back."""
+        """On-chain registrations and deregistrations -> `node.registry.v1` (keyed by node,
+        like telemetry). Replays after a crash are harmless: a registration only moves
+        `first_seen` back, a deregistration only `deregistered_at`."""
         if settings.node_registry_address is None:
             return
         start = int(registry_cursor.read_text()) if registry_cursor.exists() else 0

@@ -14,7 +14,14 @@ from typing import Any
 from detector.evidence import canonical_json, evidence_hash
 from detector.incidents import IncidentState
 from detector.node_rules import NodeState, RuleHit, observe_seen
-from pipelines.records import SCHEMA_VERSION, RegistrationRecord, TelemetryView, VerdictView
+from pipelines.records import (
+    DEREGISTERED,
+    REGISTERED,
+    SCHEMA_VERSION,
+    RegistrationRecord,
+    TelemetryView,
+    VerdictView,
+)
 from pipelines.scoring import Alert
 
 CATEGORY_NODE = "node"
@@ -52,8 +59,9 @@ def node_alert(node: str, hit: RuleHit, at: float) -> Alert:
 
 
 def registration_record(e: Any, block_time: float) -> RegistrationRecord:
-    """A decoded `NodeRegistered` log (web3) -> its `node.registry.v1` record. The node id
-    is the lower-cased identity address, the id its telemetry and verdicts carry."""
+    """A decoded `NodeRegistered` or `NodeDeregistered` log (web3) -> its `node.registry.v1`
+    record. The node id is the lower-cased identity address, the id its telemetry and
+    verdicts carry."""
     a = e["args"]
     tx = e["transactionHash"]
     return RegistrationRecord(
@@ -63,16 +71,24 @@ def registration_record(e: Any, block_time: float) -> RegistrationRecord:
         block_number=int(e["blockNumber"]),
         block_time=float(block_time),
         tx_hash=tx if isinstance(tx, str) else "0x" + bytes(tx).hex(),
+        kind=DEREGISTERED if e.get("event") == "NodeDeregistered" else REGISTERED,
     )
 
 
 def observe_registration(state: NodeState, rec: RegistrationRecord, now: float) -> bool:
     """A registered node exists from its registration block on, so the heartbeat rule times
     it out even if it never sends anything. Never later than `now` (a chain clock ahead of
-    ours must not postpone the timeout). False when nothing changed (a replayed event, or a
-    node already seen earlier): idempotent."""
+    ours must not postpone the timeout). A deregistered node is out of service for good
+    (an address registers once), so it owes no heartbeats from then on. False when nothing
+    changed (a replayed event, or a node already seen earlier): idempotent."""
+    at = min(rec.block_time, now)
+    if rec.kind == DEREGISTERED:
+        if state.deregistered_at is not None and state.deregistered_at <= at:
+            return False
+        state.deregistered_at = at
+        return True
     before = state.first_seen
-    observe_seen(state, min(rec.block_time, now))
+    observe_seen(state, at)
     return state.first_seen != before
 
 

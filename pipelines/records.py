@@ -917,21 +917,30 @@ def decode_claim(raw: bytes | None) -> ClaimRecord:
     )
 
 
+REGISTERED = "registered"
+DEREGISTERED = "deregistered"
+_REGISTRY_KINDS = (REGISTERED, DEREGISTERED)
+
+
 class RegistrationRecord(faust.Record, serializer="json", namespace="vigil.registration.v1"):
-    """`node.registry.v1`: one `NodeRegistered` event, keyed by node address (lower case,
-    the node id telemetry, verdicts and claims use)."""
+    """`node.registry.v1`: one `NodeRegistered` or `NodeDeregistered` event, keyed by node
+    address (lower case, the node id telemetry, verdicts and claims use)."""
 
     schema_version: int
     node: str
     operator: str
     block_number: int
-    block_time: float  # the registration block's timestamp (unix seconds)
+    block_time: float  # the event block's timestamp (unix seconds)
     tx_hash: str
+    kind: str = REGISTERED  # absent in messages written before deregistrations were read
 
 
 def decode_registration(raw: bytes | None) -> RegistrationRecord:
     """Strictly decode one `node.registry.v1` message or raise `InvalidMessage`."""
     d = _message(raw)
+    kind = d.get("kind", REGISTERED)
+    if kind not in _REGISTRY_KINDS:
+        raise InvalidMessage(f"field 'kind' must be one of {_REGISTRY_KINDS}")
     return RegistrationRecord(
         schema_version=SCHEMA_VERSION,
         node=_match(d, "node", _ADDRESS, "an address"),  # lower-cased, like every address
@@ -939,6 +948,7 @@ def decode_registration(raw: bytes | None) -> RegistrationRecord:
         block_number=_nonneg(d, "block_number"),
         block_time=_num(d, "block_time", 0, 2**40),
         tx_hash=_match(d, "tx_hash", _HASH, "a hash"),
+        kind=kind,
     )
 
 

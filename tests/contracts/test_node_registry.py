@@ -9,6 +9,7 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError
 
 from pipelines.chain.contracts import TransactionFailed, decode_custom_error
+from pipelines.node_side import registration_record
 
 from .conftest import CHALLENGE_BLOCKS, ETH, MIN_STAKE, Actor, Chain, evidence, new_node
 
@@ -503,7 +504,11 @@ def test_deregister_and_withdraw_respect_unbonding_and_pending_slashes(chain: Ch
 
     receipt = chain.send(op, f.deregisterNode(node))
     withdrawable = receipt["blockNumber"] + CHALLENGE_BLOCKS
-    assert chain.events(receipt, "NodeDeregistered")[0].args.withdrawableBlock == withdrawable
+    (ev,) = chain.events(receipt, "NodeDeregistered")
+    assert ev.args.withdrawableBlock == withdrawable
+    # the worker's registry watch reads it as the node leaving service
+    assert registration_record(ev, 0.0).kind == "deregistered"
+    assert registration_record(ev, 0.0).node == node.lower()
     assert f.nodeInfo(node).call()[4] is False
     chain.expect_error(f.settleUsage(node, 1, evidence()), op, "NodeInactive", node)
     chain.expect_error(f.addStake(node), op, "NodeInactive", node, value=1)

@@ -112,20 +112,20 @@ def test_manifest_lists_nodes_and_gateway(stack: dict[str, Any]) -> None:
 
 def test_registered_node_that_never_starts_gets_a_heartbeat_alert(stack: dict[str, Any]) -> None:
     """A node registered on chain that never sends anything is timed out from its
-    registration (the worker reads `NodeRegistered`); the running nodes are not."""
+    registration (the worker reads `NodeRegistered`); the running nodes are not, nor is a
+    node its operator took out of service (`NodeDeregistered`)."""
     w3 = Web3(Web3.HTTPProvider(stack["rpc_url"]))
     registry = w3.eth.contract(
         address=stack["contracts"]["NodeRegistry"], abi=compile_project()["NodeRegistry"].abi
     )
     silent = Account.from_key(keccak(text="vigil-test:silent-node")).address
+    gone = Account.from_key(keccak(text="vigil-test:deregistered-node")).address
     stake = registry.functions.minStake().call()
     # the last dev account: not an operator of the stack's nodes, nor a traffic sender
-    transact(
-        w3,
-        DEV_ACCOUNTS[-1][1],
-        registry.functions.registerNode(silent, "http://127.0.0.1:9"),
-        value=stake,
-    )
+    f, key = registry.functions, DEV_ACCOUNTS[-1][1]
+    transact(w3, key, f.registerNode(gone, "http://127.0.0.1:9"), value=stake)
+    transact(w3, key, f.registerNode(silent, "http://127.0.0.1:9"), value=stake)
+    transact(w3, key, f.deregisterNode(gone))
     ch = stack["_ch"]
 
     def heartbeat_alerts(node: str) -> int:
@@ -140,6 +140,9 @@ def test_registered_node_that_never_starts_gets_a_heartbeat_alert(stack: dict[st
     assert wait_for(
         lambda: heartbeat_alerts(silent.lower()), 120, "a heartbeat alert about the silent node"
     )
+    # `gone` was registered first: had its deregistration been missed, the timer pass that
+    # named `silent` (or an earlier one) would have named it too, in the same insert
+    assert heartbeat_alerts(gone.lower()) == 0
     assert all(heartbeat_alerts(n["id"]) == 0 for n in stack["nodes"])
 
 

@@ -25,10 +25,12 @@ TX = "0x" + "12" * 32
 CFG = RuleConfig(heartbeat_timeout_s=30.0)
 
 
-def _log(node: str = NODE, block: int = 7) -> dict[str, object]:
-    """What web3's `NodeRegistered.get_logs` yields (the fields the worker reads)."""
+def _log(node: str = NODE, block: int = 7, event: str = "NodeRegistered") -> dict[str, object]:
+    """What web3's `NodeRegistered` / `NodeDeregistered` `get_logs` yield (the fields the
+    worker reads)."""
     return {
         "args": {"node": node, "operator": OPERATOR, "stake": 10**19, "url": "http://n:1"},
+        "event": event,
         "blockNumber": block,
         "transactionHash": HexBytes(TX),
     }
@@ -57,6 +59,7 @@ def test_registry_node_id_is_the_id_the_node_sends_telemetry_with() -> None:
         {"block_number": -1},
         {"block_time": "soon"},
         {"tx_hash": "0x12"},
+        {"kind": "paused"},
     ],
 )
 def test_bad_registration_messages_are_refused(bad: dict[str, object]) -> None:
@@ -93,3 +96,23 @@ def test_node_seen_before_its_registration_keeps_the_earlier_time() -> None:
     assert not observe_registration(s, registration_record(_log(), 80.0), now=90.0)
     assert s.first_seen == 50.0
     assert NodeState.from_dict(s.to_dict()).first_seen == 50.0
+
+
+def test_a_deregistered_node_owes_no_heartbeats() -> None:
+    s = NodeState()
+    assert observe_registration(s, registration_record(_log(), 100.0), now=100.0)
+    observe(s, kind="heartbeat", ts=110.0, tokens=0, errors=0, latency_ms=0.0)
+    rec = registration_record(_log(block=9, event="NodeDeregistered"), 200.0)
+    assert rec.kind == "deregistered"
+    assert decode_registration(rec.dumps()).kind == "deregistered"
+    assert heartbeat_rule(s, CFG, now=300.0) is not None  # silent, not yet known to be out
+    assert observe_registration(s, rec, now=300.0)
+    assert not observe_registration(s, rec, now=310.0)  # a replay changes nothing
+    assert heartbeat_rule(s, CFG, now=400.0) is None
+    assert NodeState.from_dict(s.to_dict()).deregistered_at == 200.0
+
+
+def test_messages_without_a_kind_are_registrations() -> None:
+    old = json.loads(registration_record(_log(), 1000.0).dumps())
+    del old["kind"]
+    assert decode_registration(json.dumps(old).encode()).kind == "registered"
