@@ -801,11 +801,12 @@ def serve_api(settings: Settings, *, host: str | None = None, port: int | None =
     from pipelines.chain.contracts import compile_project
     from pipelines.storage.client import connect
 
+    login = settings.clickhouse_login()  # before serving: a refused default fails the start
+
     def factory() -> Any:
         return connect(
             settings.clickhouse_url,
-            settings.clickhouse_user,
-            settings.clickhouse_password.get_secret_value(),
+            *login,
             settings.clickhouse_database,
             retry_for=2.0,  # a request waits briefly, then answers 503
         )

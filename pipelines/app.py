@@ -180,11 +180,7 @@ class Sink:
     def _connect(self, retry_for: float = 10.0) -> Any:
         s = self.settings
         return connect(
-            s.clickhouse_url,
-            s.clickhouse_user,
-            s.clickhouse_password.get_secret_value(),
-            s.clickhouse_database,
-            retry_for=retry_for,
+            s.clickhouse_url, *s.clickhouse_login(), s.clickhouse_database, retry_for=retry_for
         )
 
     def _writer_client(self) -> Any:

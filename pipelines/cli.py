@@ -44,6 +44,17 @@ def _settings(config: Path | None) -> Settings:
         raise typer.Exit(2) from None
 
 
+def _storage_settings(config: Path | None) -> Settings:
+    """Settings for a command that writes to or reads from ClickHouse: its login checked."""
+    settings = _settings(config)
+    try:
+        settings.clickhouse_login()
+    except ConfigError as e:
+        console.print(f"[red]invalid settings:[/] {e}")
+        raise typer.Exit(2) from None
+    return settings
+
+
 @app.command()
 def up(
     data_dir: Annotated[Path, typer.Option(help="State directory.")] = Path(".vigil"),
@@ -139,7 +150,7 @@ def worker(config: ConfigOpt = None, log_level: str = "info") -> None:
     """Run one Faust worker (settings from VIGIL_* / --config)."""
     from pipelines.app import run_worker
 
-    settings = _settings(config)
+    settings = _storage_settings(config)
     sys.argv = [sys.argv[0]]  # Faust's Worker parses argv itself
     run_worker(settings, loglevel=log_level)
 
@@ -201,7 +212,7 @@ def api(config: ConfigOpt = None, log_level: str = "info") -> None:
     from pipelines.api import serve_api
 
     _logging(log_level)
-    serve_api(_settings(config))
+    serve_api(_storage_settings(config))
 
 
 @app.command()

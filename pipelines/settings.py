@@ -196,6 +196,20 @@ class Settings(BaseSettings):
             )
         return self
 
+    def clickhouse_login(self) -> tuple[str, str]:
+        """(user, password) for ClickHouse. An empty password is ClickHouse's out-of-the-box
+        default for its `default` user, so, like every default secret, it is refused
+        outside the embedded demo. Checked where ClickHouse is used, not at validation:
+        the follower and the nodes never touch it."""
+        password = self.clickhouse_password.get_secret_value()
+        if not password and not self.embedded:
+            raise ConfigError(
+                "clickhouse_password is empty: outside the embedded demo (VIGIL_EMBEDDED) "
+                "set VIGIL_CLICKHOUSE_PASSWORD to the password of VIGIL_CLICKHOUSE_USER "
+                f"({self.clickhouse_user!r}) on {self.clickhouse_url}"
+            )
+        return self.clickhouse_user, password
+
     @property
     def kafka_url(self) -> str:
         """The broker list in Faust's URL form."""

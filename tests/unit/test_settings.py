@@ -133,3 +133,24 @@ def test_keystore_holding_a_dev_key_is_refused_outside_the_demo(tmp_path: Path) 
     own.write_text(json.dumps(Account.encrypt(key, "pw")))
     mine = Settings(monitor_keystore_path=own, monitor_keystore_password="pw")
     assert load_monitor_account(mine).key.hex().removeprefix("0x") == "5a" * 32
+
+
+def test_empty_clickhouse_password_is_refused_outside_the_demo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ClickHouse's `default` user has no password out of the box: a default secret."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    with pytest.raises(ConfigError, match="VIGIL_CLICKHOUSE_PASSWORD"):
+        Settings().clickhouse_login()
+    assert Settings(embedded=True).clickhouse_login() == ("default", "")
+    assert Settings(clickhouse_user="soc", clickhouse_password="pw").clickhouse_login() == (
+        "soc",
+        "pw",
+    )
+    for command in ("worker", "api"):  # refused before anything starts
+        monkeypatch.delenv("VIGIL_CLICKHOUSE_PASSWORD", raising=False)
+        result = CliRunner().invoke(app, [command])
+        assert result.exit_code == 2 and "VIGIL_CLICKHOUSE_PASSWORD" in result.output
