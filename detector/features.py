@@ -363,10 +363,32 @@ def _distinct(x: np.ndarray, valid: np.ndarray, count: np.ndarray) -> np.ndarray
     return np.where(count > 0, 1 + changes, 0).astype(np.float64)
 
 
+#: Window-length buckets featurised together: every row is padded to its bucket's longest
+#: window, not the batch's (most windows are a few events, a bot's are max_events).
+_LENGTH_BUCKETS = (8, 16, 32)
+
+
 def _window_features(
     events: np.ndarray, left: np.ndarray, lengths: np.ndarray, window_s: np.ndarray
 ) -> np.ndarray:
-    """Features of the windows events[left[i] : left[i] + lengths[i]], all rows at once."""
+    """Features of the windows events[left[i] : left[i] + lengths[i]], all rows at once,
+    in buckets of similar length. Each row's figures depend on its own events only (the
+    sums accumulate left to right, padding adds exact zeros), so bucketing changes no bit."""
+    if len(lengths) == 0 or int(lengths.max()) <= _LENGTH_BUCKETS[0]:
+        return _window_block(events, left, lengths, window_s)
+    out = np.empty((len(left), N_FEATURES), dtype=np.float64)
+    bucket = np.searchsorted(np.array(_LENGTH_BUCKETS), lengths)  # 0: <= 8, ..., 3: > 32
+    for b in np.unique(bucket).tolist():
+        rows = np.flatnonzero(bucket == b)
+        out[rows] = _window_block(events, left[rows], lengths[rows], window_s[rows])
+    return out
+
+
+def _window_block(
+    events: np.ndarray, left: np.ndarray, lengths: np.ndarray, window_s: np.ndarray
+) -> np.ndarray:
+    """Features of the windows events[left[i] : left[i] + lengths[i]], padded to the
+    longest of them."""
     n_rows = len(left)
     m = max(int(lengths.max()) if n_rows else 0, 1)
     offs = np.arange(m)

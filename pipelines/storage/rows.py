@@ -7,12 +7,11 @@ times are timezone-aware UTC datetimes so that DateTime64(3, 'UTC') never shifts
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
+import orjson
 
 from pipelines.chain.enforcer import ActionResult
 from pipelines.records import TxBatch
@@ -53,30 +52,15 @@ def transaction_rows(batch: TxBatch, *, version: int, ingested_at: float) -> lis
     ]
 
 
-def _features_template(feature_names: list[str], conv: str = "r") -> str:
-    """A %-template that renders feature values as `json.dumps` would: `%r` of a finite
-    float is its JSON text; with conv="s" the caller passes pre-rendered strings."""
-    body = ", ".join(f"{json.dumps(n)}: %{conv}" for n in feature_names)
-    return "{" + body.replace("%", "%%").replace(f"%%{conv}", f"%{conv}") + "}"
-
-
-def _json_float(v: float) -> str:
-    return repr(v) if math.isfinite(v) else "null"
-
-
 def score_rows(
     scored: Sequence[ScoredTx], *, model_version: str, feature_names: list[str], scored_at: float
 ) -> list[Row]:
-    """`scores` rows; features as a JSON object (non-finite values as null)."""
-    if not scored:
-        return []
-    fast, slow = _features_template(feature_names), _features_template(feature_names, "s")
-    matrix = np.array([s.features for s in scored], dtype=np.float64)
-    finite = cast(list[bool], np.isfinite(matrix).all(axis=1).tolist())
+    """`scores` rows; features as a JSON object (non-finite values as null: orjson writes
+    NaN and infinities as null, and a float as its shortest round-trip text)."""
     at = ts(scored_at)
     block_times: dict[float, datetime] = {}
     out = []
-    for s, values, ok in zip(scored, matrix.tolist(), finite, strict=True):
+    for s in scored:
         t = s.tx.timestamp
         bt = block_times.get(t)
         if bt is None:
@@ -90,7 +74,7 @@ def score_rows(
                 s.score,
                 s.threshold,
                 model_version,
-                fast % tuple(values) if ok else slow % tuple(map(_json_float, values)),
+                orjson.dumps(dict(zip(feature_names, s.features.tolist(), strict=True))).decode(),
                 at,
             ]
         )

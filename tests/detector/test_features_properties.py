@@ -31,7 +31,7 @@ txs_strategy = st.builds(
 params = dict(
     txs=st.lists(txs_strategy, max_size=60),
     window_s=st.floats(1.0, 3_000.0),
-    max_events=st.integers(1, 12),
+    max_events=st.integers(1, 40),  # windows in every length bucket of `_window_features`
 )
 
 
@@ -89,3 +89,31 @@ def test_featurize_equals_sequential_updates_in_time_order(
 
 def _fields(t: Tx) -> dict:
     return {f: getattr(t, f) for f in Tx.__dataclass_fields__}
+
+
+def test_long_and_short_windows_in_one_batch_equal_sequential_updates() -> None:
+    """One batch with windows of every length up to 64 (each length bucket of the
+    vectorised path, side by side): the same bits as one-at-a-time updates."""
+    rng = np.random.default_rng(0)
+    txs = [
+        Tx(
+            tx_hash=f"0x{s:02x}{i:062x}",
+            sender=f"0x{s:x}",
+            to=f"0xr{int(rng.integers(0, 4))}",
+            value_wei=int(rng.integers(0, 10**18)),
+            gas_price_wei=int(rng.integers(10**9, 10**11)),
+            gas=21_000,
+            nonce=i,
+            selector="0xa9059cbb",
+            status=int(rng.integers(0, 2)),
+            block_number=int(t) // 2,
+            timestamp=float(t),
+        )
+        for s, n in enumerate((80, 40, 20, 12, 5, 2))  # final windows of 64, 40, ... 2
+        for i, t in enumerate(np.sort(rng.uniform(0, 100, n)).tolist())
+    ]
+    txs.sort(key=lambda t: t.timestamp)
+    seq_states, seq_X = sequential(txs, 3_000.0, 64)
+    states, X = featurize({}, txs, window_s=3_000.0, max_events=64)
+    assert sorted(len(w) for w in states.values()) == [2, 5, 12, 20, 40, 64]
+    assert np.array_equal(X, seq_X, equal_nan=True) and states == seq_states
