@@ -121,14 +121,16 @@ class AlertPolicy:
         bar = threshold + self.model_margin * abs(threshold)
         hit = evidence or (score >= bar and window_txs >= self.min_window_txs)
         recent = ((state.recent << 1) | int(hit)) & ((1 << n) - 1)
+        # (the constructor, not dataclasses.replace: this runs once per scored tx)
+        last, fanout = state.last_alert_at, state.fanout
         if not hit:
-            return replace(state, streak=0, recent=recent), None
+            return EntityAlertState(last, 0, recent, fanout), None
         streak = state.streak + 1
-        cooling = state.last_alert_at is not None and now - state.last_alert_at < self.cooldown_s
+        cooling = last is not None and now - last < self.cooldown_s
         if recent.bit_count() < self.min_consecutive or cooling:
-            return replace(state, streak=streak, recent=recent), None
+            return EntityAlertState(last, streak, recent, fanout), None
         high = score >= threshold + self.high_margin * abs(threshold)
-        return replace(state, last_alert_at=now, streak=streak, recent=recent), (
+        return EntityAlertState(now, streak, recent, fanout), (
             Severity.HIGH if high else Severity.MEDIUM
         )
 
