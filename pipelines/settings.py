@@ -199,8 +199,9 @@ class Settings(BaseSettings):
     def clickhouse_login(self) -> tuple[str, str]:
         """(user, password) for ClickHouse. An empty password is ClickHouse's out-of-the-box
         default for its `default` user, so, like every default secret, it is refused
-        outside the embedded demo. Checked where ClickHouse is used, not at validation:
-        the follower and the nodes never touch it."""
+        outside the embedded demo. Checked by the services that use ClickHouse (worker,
+        API), not at validation: the follower, the nodes and offline evaluation never
+        touch it."""
         password = self.clickhouse_password.get_secret_value()
         if not password and not self.embedded:
             raise ConfigError(
