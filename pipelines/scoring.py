@@ -300,11 +300,15 @@ class TxScoringCore:
                 mask &= ~GAS_RULES_MASK  # precise prices are normal here: not evidence
             hits = mask.tolist()
         thr = float(model.threshold.threshold_)
-        per_min = 60.0 / self.cfg.window_s
+        # events in each tx's window, from its rate feature (round half to even, as round())
+        rate = rows[:, _RATE] / (60.0 / self.cfg.window_s)
+        window_txs = np.where(np.isfinite(rate), np.round(rate), 0.0).astype(np.int64).tolist()
         refs: dict[str, list[str]] = {}
         for tx in txs:
             refs.setdefault(tx.sender, []).append(tx.tx_hash)
-        for tx, row, score, hit in zip(txs, rows, scores.tolist(), hits, strict=True):
+        for tx, row, score, hit, n_window in zip(
+            txs, rows, scores.tolist(), hits, window_txs, strict=True
+        ):
             result.scored.append(ScoredTx(tx, score, thr, row))
             if tx.timestamp < self._alert_from:
                 continue  # rows from before the windows filled are scored, never alerted
@@ -314,7 +318,7 @@ class TxScoringCore:
                 prev,
                 score=score,
                 threshold=thr,
-                window_txs=int(round(row[_RATE] / per_min)) if np.isfinite(row[_RATE]) else 0,
+                window_txs=n_window,
                 now=tx.timestamp,
                 evidence=bool(hit) or (sq is not None and sq.hit),
             )
