@@ -36,23 +36,17 @@ def _logging(level: str) -> None:
     )
 
 
-def _settings(config: Path | None) -> Settings:
+def _settings(config: Path | None, *, clickhouse: bool = False) -> Settings:
+    """The settings, or exit 2 saying what is wrong; `clickhouse` for a command that holds
+    the data in ClickHouse (its login is checked before anything starts)."""
     try:
-        return Settings.load(config)
+        settings = Settings.load(config)
+        if clickhouse:
+            settings.clickhouse_login()
+        return settings
     except (ConfigError, ValueError) as e:
         console.print(f"[red]invalid settings:[/] {e}")
         raise typer.Exit(2) from None
-
-
-def _storage_settings(config: Path | None) -> Settings:
-    """Settings for a command that writes to or reads from ClickHouse: its login checked."""
-    settings = _settings(config)
-    try:
-        settings.clickhouse_login()
-    except ConfigError as e:
-        console.print(f"[red]invalid settings:[/] {e}")
-        raise typer.Exit(2) from None
-    return settings
 
 
 @app.command()
@@ -150,7 +144,7 @@ def worker(config: ConfigOpt = None, log_level: str = "info") -> None:
     """Run one Faust worker (settings from VIGIL_* / --config)."""
     from pipelines.app import run_worker
 
-    settings = _storage_settings(config)
+    settings = _settings(config, clickhouse=True)
     sys.argv = [sys.argv[0]]  # Faust's Worker parses argv itself
     run_worker(settings, loglevel=log_level)
 
@@ -212,7 +206,7 @@ def api(config: ConfigOpt = None, log_level: str = "info") -> None:
     from pipelines.api import serve_api
 
     _logging(log_level)
-    serve_api(_storage_settings(config))
+    serve_api(_settings(config, clickhouse=True))
 
 
 @app.command()
