@@ -738,39 +738,43 @@ def _node_agents(ctx: Context, reputations: Any) -> None:
 
             await handle(sink, TOPIC_CHALLENGES, event, step)
 
-    @app.agent(ctx.topic(TOPIC_NODE_CLAIMS), name="node-claims")
-    async def node_claims(stream: faust.StreamT) -> None:
-        sink = await ctx.sink("claims")
-        async for event in stream.events():
+    def node_state_agent(
+        topic: str,
+        name: str,
+        sink_name: str,
+        counter: str,
+        change: Callable[[bytes | None, float], tuple[str, Callable[[NodeState], bool | None]]],
+    ) -> None:
+        """An agent whose events only change their node's state: `change(raw, now)` decodes
+        one message into the node and the step to apply to its state."""
 
-            async def step(s: Sink, event: Any = event) -> None:
-                c = decode_claim(event.value)
-                now = time.time()
-                await update_node(
-                    s,
-                    c.node,
-                    now,
-                    "claims",
-                    lambda st: observe_claim(st, units=c.units, period=c.period, ts=now),
-                )
+        @app.agent(ctx.topic(topic), name=name)
+        async def agent(stream: faust.StreamT) -> None:
+            sink = await ctx.sink(sink_name)
+            async for event in stream.events():
 
-            await handle(sink, TOPIC_NODE_CLAIMS, event, step)
+                async def step(s: Sink, event: Any = event) -> None:
+                    now = time.time()
+                    node, on_state = change(event.value, now)
+                    await update_node(s, node, now, counter, on_state)
 
-    @app.agent(ctx.topic(TOPIC_NODE_REGISTRY), name="node-registry")
-    async def node_registry(stream: faust.StreamT) -> None:
-        """Registrations: a node exists from its registration on, so one that never sends
-        anything is still timed out by the heartbeat rule; a deregistered one is not."""
-        sink = await ctx.sink("registry")
-        async for event in stream.events():
+                await handle(sink, topic, event, step)
 
-            async def step(s: Sink, event: Any = event) -> None:
-                r = decode_registration(event.value)
-                now = time.time()
-                await update_node(
-                    s, r.node, now, "registrations", lambda st: observe_registration(st, r, now)
-                )
+    def claim(raw: bytes | None, now: float) -> tuple[str, Callable[[NodeState], bool]]:
+        """An on-chain usage settlement, checked against the node's telemetry."""
+        c = decode_claim(raw)
+        return c.node, lambda st: observe_claim(st, units=c.units, period=c.period, ts=now)
 
-            await handle(sink, TOPIC_NODE_REGISTRY, event, step)
+    def registration(raw: bytes | None, now: float) -> tuple[str, Callable[[NodeState], bool]]:
+        """A node exists from its registration on, so one that never sends anything is
+        still timed out by the heartbeat rule; a deregistered one is not."""
+        r = decode_registration(raw)
+        return r.node, lambda st: observe_registration(st, r, now)
+
+    node_state_agent(TOPIC_NODE_CLAIMS, "node-claims", "claims", "claims", claim)
+    node_state_agent(
+        TOPIC_NODE_REGISTRY, "node-registry", "registry", "registrations", registration
+    )
 
     timer_sink: dict[str, Sink] = {}
 
