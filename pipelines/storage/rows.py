@@ -1,7 +1,12 @@
 """Pure conversions from domain objects to ClickHouse row tuples.
 
 Storage rows are their own type: column order matches `schema.TABLE_COLUMNS`, and
-times are timezone-aware UTC datetimes so that DateTime64(3, 'UTC') never shifts.
+times are timezone-aware UTC datetimes so that DateTime64(3, 'UTC') never shifts. The
+two tables written once per tx (`transactions`, `scores`) carry their times as
+DateTime64(3) ticks instead (`ms`, integer milliseconds since the epoch): the client
+then writes the column as it is instead of converting each datetime, which was about
+a sixth of the writer threads' time. Every row of one of those tables uses ticks, so
+a batch never mixes the two (the client picks the conversion from the first value).
 """
 
 from __future__ import annotations
@@ -24,9 +29,15 @@ def ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
 
 
+def ms(seconds: float) -> int:
+    """DateTime64(3) ticks of a unix time: the millisecond `ts(seconds)` is stored as
+    (the datetime rounds to the microsecond, the column keeps whole milliseconds)."""
+    return round(seconds * 1_000_000) // 1000
+
+
 def transaction_rows(batch: TxBatch, *, version: int, ingested_at: float) -> list[Row]:
-    bt = ts(batch.block_time)
-    at = ts(ingested_at)
+    bt = ms(batch.block_time)
+    at = ms(ingested_at)
     confirmed = int(batch.confirmed)
     return [
         [
@@ -57,14 +68,14 @@ def score_rows(
 ) -> list[Row]:
     """`scores` rows; features as a JSON object (non-finite values as null: orjson writes
     NaN and infinities as null, and a float as its shortest round-trip text)."""
-    at = ts(scored_at)
-    block_times: dict[float, datetime] = {}
+    at = ms(scored_at)
+    block_times: dict[float, int] = {}
     out = []
     for s in scored:
         t = s.tx.timestamp
         bt = block_times.get(t)
         if bt is None:
-            bt = block_times[t] = ts(t)
+            bt = block_times[t] = ms(t)
         out.append(
             [
                 s.tx.tx_hash,
@@ -85,13 +96,13 @@ def sequence_score_rows(scored: Iterable[SequenceScore], *, scored_at: float) ->
     """`scores` rows of the tx sequence model: one per scored sender and batch, on the
     sender's newest tx of the batch, `model_version` "tx_sequence:<version>"; `features`
     holds the window length the model read and the family it looks most like."""
-    at = ts(scored_at)
+    at = ms(scored_at)
     return [
         [
             s.tx.tx_hash,
             s.tx.sender,
             s.tx.block_number,
-            ts(s.tx.timestamp),
+            ms(s.tx.timestamp),
             s.score,
             s.threshold,
             s.model_version,

@@ -217,9 +217,9 @@ def test_reorg_records_retract_every_orphan_once_per_shard() -> None:
     assert all(len(row) == len(cols) for row in rows)
     assert {row[cols.index("is_deleted")] for row in rows} == {1}
     assert {row[cols.index("version")] for row in rows} == {retraction_version(2)}
-    assert {row[cols.index("block_time")].timestamp() for row in rows} <= {
-        1_700_000_008.0,
-        1_700_000_009.0,
+    assert {row[cols.index("block_time")] for row in rows} <= {
+        1_700_000_008_000,
+        1_700_000_009_000,
     }  # the original rows' time: same partition, so FINAL collapses them
 
 

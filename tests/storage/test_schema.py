@@ -249,3 +249,19 @@ def test_100k_row_insert_and_read(chserver: ServerProc, db: str, compress: bool)
     client.close()
     print(f"100k rows (compress={compress}): insert {insert_s:.3f}s, read back {query_s:.3f}s")
     assert insert_s < 10 and query_s < 10  # generous: shared CPUs; see the report for speeds
+
+
+def test_millisecond_ticks_store_the_same_instant_as_datetimes(client: Client, db: str) -> None:
+    """`rows.ms` (what the per-tx tables are written with) and `rows.ts` (every other
+    table) must land on the same DateTime64(3) value, boundaries and rounding included."""
+    from pipelines.storage.rows import ms, ts
+
+    times = [0.0, 1.0005, 1_700_000_000.0, 1_700_000_000.0004999, 1_700_000_000.0009999]
+    times += [1_700_000_000.1234565, 1_716_000_000.999, 1_716_000_000.9995, 2**33 + 0.25]
+    client.command(f"CREATE TABLE {db}.ticks (i UInt32, t DateTime64(3, 'UTC')) ENGINE = Memory")
+    client.insert("ticks", [[i, ts(t)] for i, t in enumerate(times)], database=db)
+    client.insert("ticks", [[100 + i, ms(t)] for i, t in enumerate(times)], database=db)
+    got = client.query(f"SELECT i, toUnixTimestamp64Milli(t) FROM {db}.ticks ORDER BY i")
+    by_i = dict(got.result_rows)
+    assert [by_i[100 + i] for i in range(len(times))] == [by_i[i] for i in range(len(times))]
+    assert [by_i[100 + i] for i in range(len(times))] == [ms(t) for t in times]
