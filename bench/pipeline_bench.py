@@ -68,6 +68,9 @@ class PipelineBenchConfig:
     live_txs_per_block: int = 500
     live_bots: int = 10
     partitions: int = 1
+    #: Codec of every message the bench produces: Settings' default, what the follower
+    #: writes (None: uncompressed). The workers use the same setting for their own topics.
+    compression: str | None = "zstd"
     workers: int = 1  # worker processes; topics get max(partitions, workers) partitions
     seed: int = 1
     timeout_s: float = 600.0
@@ -209,14 +212,18 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / tick
 
 
-def _peak_rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field_name: str) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field_name + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmHWM")
 
 
 def _http_ok(url: str) -> bool:
@@ -231,11 +238,17 @@ def _events_taken(port: int) -> int:
         return int(json.loads(r.read()).get("events", 0))
 
 
-async def _produce(bootstrap: str, topic: str, msgs: Sequence[tuple[bytes, bytes]]) -> float:
+async def _produce(
+    bootstrap: str, topic: str, msgs: Sequence[tuple[bytes, bytes]], compression: str | None
+) -> float:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=8 * 1024 * 1024
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        max_request_size=8 * 1024 * 1024,
+        compression_type=compression,
     )
     await producer.start()
     try:
@@ -590,14 +603,22 @@ def run_pipeline_bench(
             n_msgs = len(msgs)
             fig.update(events=n_txs, messages=n_msgs, blocks=len(blocks))
             say(f"producing {n_msgs} messages ({n_txs} txs) to chain.tx.v1", 0.06)
-            secs = asyncio.run(_produce(bootstrap, "chain.tx.v1", [(k, v) for k, v, _ in msgs]))
+            rss0 = _status_mb(broker.pid, "VmRSS")
+            secs = asyncio.run(
+                _produce(bootstrap, "chain.tx.v1", [(k, v) for k, v, _ in msgs], cfg.compression)
+            )
+            # what holding these messages costs the broker (Tansu keeps every batch in
+            # memory, compressed as produced): its resident memory before and after
+            fig["compression"] = cfg.compression or "none"
+            fig["broker_rss_growth_mb"] = _status_mb(broker.pid, "VmRSS") - rss0
+            fig["message_mb"] = sum(len(v) for _, v, _ in msgs) / 1e6
             fig["produce_events_per_s"] = n_txs / secs
             fig["message_bytes_mean"] = statistics.fmean(len(v) for _, v, _ in msgs)
 
             n_naive = min(cfg.naive_events, n_txs)
             say(f"producing {n_naive} one-tx messages for the naive agent", 0.1)
             naive_msgs = naive_messages(blocks, n_naive)
-            asyncio.run(_produce(bootstrap, NAIVE_TOPIC, naive_msgs))
+            asyncio.run(_produce(bootstrap, NAIVE_TOPIC, naive_msgs, cfg.compression))
 
             say("raw consume (bare aiokafka)", 0.15)
             seen, secs = asyncio.run(_raw_consume(bootstrap, "chain.tx.v1", n_msgs, cfg.timeout_s))
@@ -682,6 +703,7 @@ def run_pipeline_bench(
                 node_registry_address=registry,
                 monitor_private_key=SecretStr(DEV_ACCOUNTS[1][1]),
                 dry_run=True,
+                kafka_compression=cfg.compression or "none",
                 topic_partitions=max(cfg.partitions, cfg.workers),
                 worker_web_port=free_port(),
                 warmup_rows=cfg.warmup_rows,
@@ -809,7 +831,9 @@ def _live_latency(
         from pipelines.chain.follower import build_batches
 
         fresh: dict[str, str] = {}
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=0, compression_type=cfg.compression
+        )
         await producer.start()
         try:
             next_at = time.time()

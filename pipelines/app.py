@@ -359,6 +359,7 @@ def build_app(settings: Settings) -> faust.App:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         producer_acks=-1,
+        producer_compression_type=settings.kafka_codec,
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
         web_bind="127.0.0.1",

@@ -66,6 +66,10 @@ def pipeline(
     workers: Annotated[
         int, typer.Option(help="Worker processes sharing the topics (one partition each).")
     ] = 1,
+    compression: Annotated[
+        str,
+        typer.Option(help="Codec of the produced messages: none, gzip, lz4 or zstd (default)."),
+    ] = "zstd",
     timeout: Annotated[float, typer.Option(help="Cap on the full-path phase (s).")] = 600.0,
     data_dir: Annotated[
         Path | None, typer.Option(help="Keep data and logs here (default: a temp dir, removed).")
@@ -73,6 +77,10 @@ def pipeline(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Raw consume vs naive Faust agent vs Vigil's full path, on embedded parts started here."""
+    if compression not in ("none", "gzip", "lz4", "zstd"):
+        raise typer.BadParameter(
+            f"{compression!r}: use none, gzip, lz4 or zstd", param_hint="--compression"
+        )
     pb = _load("pipeline_bench")
     cfg = pb.PipelineBenchConfig(
         events=events,
@@ -80,6 +88,7 @@ def pipeline(
         txs_per_block=txs_per_block,
         senders=senders,
         workers=workers,
+        compression=None if compression == "none" else compression,
         timeout_s=timeout,
         data_dir=data_dir,
     )
@@ -115,6 +124,9 @@ def pipeline(
         ("latency_p99_s", " s"),
         ("latency_alerts", " alerts"),
         ("peak_rss_mb", " MB"),
+        ("compression", ""),
+        ("message_mb", " MB produced"),
+        ("broker_rss_growth_mb", " MB broker memory for them"),
         ("inprocess_events_per_cpu_s", " tx/CPU-s"),
     ):
         t.add_row(key, _fmt(d.get(key), unit))

@@ -666,6 +666,7 @@ class Follower:
             acks="all",
             linger_ms=5,
             max_request_size=8 * 1024 * 1024,
+            compression_type=self.settings.kafka_codec,
         )
         try:
             await self.producer.start()
