@@ -36,7 +36,7 @@ demo: setup
 	$(BIN)/vigil demo
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 lint: setup
 	$(BIN)/ruff check .
