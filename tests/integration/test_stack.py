@@ -106,11 +106,13 @@ def test_bot_is_alerted_and_throttled_on_chain(run: UpRun) -> None:
     action = wait_for(
         lambda: (
             ch.query(
-                "SELECT target, tx_hash, evidence_hash FROM actions FINAL WHERE kind = 'throttle'"
+                "SELECT target, tx_hash, evidence_hash FROM actions FINAL "
+                "WHERE kind = 'throttle' AND target = {bot:String}",
+                parameters={"bot": bot},
             ).result_rows
         ),
         DURATION_S + 30,
-        "a throttle action in ClickHouse",
+        "a throttle action against the bot in ClickHouse",
     )
     target, tx_hash, evidence = action[0]
     assert target == bot
@@ -140,9 +142,17 @@ def test_summary_and_clean_shutdown(run: UpRun) -> None:
     assert summary["transactions_scored"] > 0
     assert summary["alerts"].get("bot", 0) >= 1
     throttles = [a for a in summary["actions"] if a["kind"] == "throttle"]
-    assert len(throttles) == 1 and throttles[0]["tx_hash"].startswith("0x")
+    # Exactly one on-chain throttle per throttled account (never a repeated action), the
+    # bot's among them. A human can be alerted now and then (the demo's 40 humans pay
+    # each other at 15 tx/min, and two payments to one recipient in one block look like
+    # a bot to a forest that saw none in its warm-up): the precision bound covers that.
+    targets = [a["target"] for a in throttles]
+    assert len(targets) == len(set(targets))
+    assert [a["label"] for a in throttles].count("hf_bot") == 1
+    assert all(a["tx_hash"].startswith("0x") and a["status"] == "mined" for a in throttles)
     assert summary["detection"]["hf_bot"]["recall"] == 1.0
     assert summary["detection"]["hf_bot"]["precision"] >= 0.5
+    assert len(throttles) <= summary["alerts"]["bot"]
     for name, pid in run.manifest["pids"].items():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
