@@ -45,7 +45,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.settings import KafkaCompression
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +71,9 @@ class PipelineBenchConfig:
     live_txs_per_block: int = 500
     live_bots: int = 10
     partitions: int = 1
-    #: Codec of every message the bench produces: Settings' default, what the follower
-    #: writes (None: uncompressed). The workers use the same setting for their own topics.
-    compression: str | None = "zstd"
+    #: Codec of every message the bench produces, as `Settings.kafka_compression` spells
+    #: it (its default, what the follower writes); the workers' setting for their topics.
+    compression: KafkaCompression = "zstd"
     workers: int = 1  # worker processes; topics get max(partitions, workers) partitions
     seed: int = 1
     timeout_s: float = 600.0
@@ -560,7 +563,7 @@ def run_pipeline_bench(
     from pipelines.chain.anvil import DEV_ACCOUNTS, start_anvil
     from pipelines.chain.contracts import compile_project, deploy_node_registry
     from pipelines.procs import ManagedProcess, free_port, port_open
-    from pipelines.settings import Settings
+    from pipelines.settings import Settings, kafka_client_codec
     from pipelines.stack import chserver_argv, create_topics, settings_env, tansu_argv
     from pipelines.storage.client import connect, wait_ready
     from pipelines.storage.schema import migrate
@@ -603,13 +606,14 @@ def run_pipeline_bench(
             n_msgs = len(msgs)
             fig.update(events=n_txs, messages=n_msgs, blocks=len(blocks))
             say(f"producing {n_msgs} messages ({n_txs} txs) to chain.tx.v1", 0.06)
+            codec = kafka_client_codec(cfg.compression)
             rss0 = _status_mb(broker.pid, "VmRSS")
             secs = asyncio.run(
-                _produce(bootstrap, "chain.tx.v1", [(k, v) for k, v, _ in msgs], cfg.compression)
+                _produce(bootstrap, "chain.tx.v1", [(k, v) for k, v, _ in msgs], codec)
             )
             # what holding these messages costs the broker (Tansu keeps every batch in
             # memory, compressed as produced): its resident memory before and after
-            fig["compression"] = cfg.compression or "none"
+            fig["compression"] = cfg.compression
             fig["broker_rss_growth_mb"] = _status_mb(broker.pid, "VmRSS") - rss0
             fig["message_mb"] = sum(len(v) for _, v, _ in msgs) / 1e6
             fig["produce_events_per_s"] = n_txs / secs
@@ -618,7 +622,7 @@ def run_pipeline_bench(
             n_naive = min(cfg.naive_events, n_txs)
             say(f"producing {n_naive} one-tx messages for the naive agent", 0.1)
             naive_msgs = naive_messages(blocks, n_naive)
-            asyncio.run(_produce(bootstrap, NAIVE_TOPIC, naive_msgs, cfg.compression))
+            asyncio.run(_produce(bootstrap, NAIVE_TOPIC, naive_msgs, codec))
 
             say("raw consume (bare aiokafka)", 0.15)
             seen, secs = asyncio.run(_raw_consume(bootstrap, "chain.tx.v1", n_msgs, cfg.timeout_s))
@@ -703,7 +707,7 @@ def run_pipeline_bench(
                 node_registry_address=registry,
                 monitor_private_key=SecretStr(DEV_ACCOUNTS[1][1]),
                 dry_run=True,
-                kafka_compression=cfg.compression or "none",
+                kafka_compression=cfg.compression,
                 topic_partitions=max(cfg.partitions, cfg.workers),
                 worker_web_port=free_port(),
                 warmup_rows=cfg.warmup_rows,
@@ -829,10 +833,14 @@ def _live_latency(
         from aiokafka import AIOKafkaProducer
 
         from pipelines.chain.follower import build_batches
+        from pipelines.settings import kafka_client_codec
 
         fresh: dict[str, str] = {}
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", linger_ms=0, compression_type=cfg.compression
+            bootstrap_servers=bootstrap,
+            acks="all",
+            linger_ms=0,
+            compression_type=kafka_client_codec(cfg.compression),
         )
         await producer.start()
         try:

@@ -77,9 +77,12 @@ def pipeline(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Raw consume vs naive Faust agent vs Vigil's full path, on embedded parts started here."""
-    if compression not in ("none", "gzip", "lz4", "zstd"):
+    from pipelines.settings import KAFKA_COMPRESSIONS
+
+    if compression not in KAFKA_COMPRESSIONS:
         raise typer.BadParameter(
-            f"{compression!r}: use none, gzip, lz4 or zstd", param_hint="--compression"
+            f"{compression!r}: use one of {', '.join(KAFKA_COMPRESSIONS)}",
+            param_hint="--compression",
         )
     pb = _load("pipeline_bench")
     cfg = pb.PipelineBenchConfig(
@@ -88,7 +91,7 @@ def pipeline(
         txs_per_block=txs_per_block,
         senders=senders,
         workers=workers,
-        compression=None if compression == "none" else compression,
+        compression=compression,
         timeout_s=timeout,
         data_dir=data_dir,
     )

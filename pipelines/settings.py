@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -31,6 +31,16 @@ class ConfigError(ValueError):
     """Settings are invalid; the message says which and how to fix it."""
 
 
+#: Codecs for the messages Vigil produces (`Settings.kafka_compression`).
+KafkaCompression = Literal["none", "gzip", "lz4", "zstd"]
+KAFKA_COMPRESSIONS: tuple[str, ...] = get_args(KafkaCompression)
+
+
+def kafka_client_codec(compression: str) -> str | None:
+    """A `kafka_compression` value as Kafka clients take it (None: uncompressed)."""
+    return None if compression == "none" else compression
+
+
 class Settings(BaseSettings):
     """All of Vigil's configuration."""
 
@@ -47,7 +57,7 @@ class Settings(BaseSettings):
 
     # --- endpoints -------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap host:port list.")
-    kafka_compression: Literal["none", "gzip", "lz4", "zstd"] = Field(
+    kafka_compression: KafkaCompression = Field(
         "zstd",
         description=(
             "Codec of the record batches Vigil produces (follower and worker). zstd keeps "
@@ -185,7 +195,7 @@ class Settings(BaseSettings):
     @property
     def kafka_codec(self) -> str | None:
         """`kafka_compression` as Kafka clients take it (None: uncompressed)."""
-        return None if self.kafka_compression == "none" else self.kafka_compression
+        return kafka_client_codec(self.kafka_compression)
 
     @property
     def rpc_endpoints(self) -> list[str]:
